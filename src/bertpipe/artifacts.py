@@ -1,0 +1,115 @@
+"""Every on-disk format in one place, and writes that never leave half a file behind.
+
+Arrays are `.npy` files (memory-mappable, loaded with `allow_pickle=False`, so reading them runs
+no code); model weights are safetensors; small facts are pretty-printed JSON. A stage builds its
+output folder under a temporary name beside the target and renames it into place only when
+everything is written, so a crash or a bad input leaves the previous output (or nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest dtype that holds every token id: uint16 up to 65,536 types, else int32."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.int32)
+
+
+def sha1_of_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha1_of_bytes(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Pretty, key-sorted JSON with a final newline (stable bytes: DVC hashes stay put)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces `path` when the block ends without error.
+
+    On error the temporary folder is removed and `path` is left exactly as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_arrays(folder: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """One `<name>.npy` per array (C-contiguous, no pickled objects)."""
+    for name, array in arrays.items():
+        np.save(Path(folder) / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+
+
+def load_arrays(folder: str | Path, names: list[str], mmap: bool = True) -> dict[str, np.ndarray]:
+    """Load `<name>.npy` files; memory-mapped (read-only) unless `mmap` is False."""
+    mode = "r" if mmap else None
+    folder = Path(folder)
+    return {n: np.load(folder / f"{n}.npy", mmap_mode=mode, allow_pickle=False) for n in names}
+
+
+def save_checkpoint(path: str | Path, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Weights as safetensors (no unpickling on load) with `meta` as JSON in its header."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(tensors, metadata={"bertpipe": json.dumps(meta, sort_keys=True)}))
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (tensors on CPU, meta) from a file written by `save_checkpoint`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("bertpipe", "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    return tensors, meta

@@ -1,0 +1,199 @@
+"""Typed, strict params: one frozen dataclass per `params.yaml` section.
+
+Loading is strict because a silently ignored typo is worse than a crash: an unknown, missing or
+mistyped key is an error that names the file and the key. PyYAML follows YAML 1.1, which reads
+`1e-3` (no dot) as a *string*; that trap gets its own message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from bertpipe.cli import UserError
+
+
+class ParamsError(UserError):
+    """A params file that cannot be used as it is; the message says what to change."""
+
+
+def _positive(what: str = "a positive number") -> Any:
+    return field(metadata={"check": (lambda v: v > 0, what)})
+
+
+def _fraction(what: str = "a number in [0, 1)") -> Any:
+    return field(metadata={"check": (lambda v: 0 <= v < 1, what)})
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Where an archive comes from and how it is checked.
+
+    A mirror passes when the archive's SHA-1 equals `sha1`, or, for mirrors that repackage the
+    data, when every file in `files` has a SHA-1 there and all of them match.
+    """
+
+    mirrors: tuple[str, ...]  # URLs (http, https, file://) or local paths, tried in order
+    sha1: str | None  # SHA-1 of the whole archive
+    files: dict[str, str | None]  # member basename -> its SHA-1 (None: checked via `sha1` only)
+
+
+@dataclass(frozen=True)
+class TokenizeWikitextConfig:
+    min_freq: int = _positive()  # tokens seen fewer times map to <unk> (d2l: 5)
+
+
+@dataclass(frozen=True)
+class MakeExamplesConfig:
+    max_len: int = _positive()  # <cls> a <sep> b <sep> longer than this is dropped (d2l: 64)
+    mask_rate: float = _fraction()  # share of positions predicted by MLM (d2l: 0.15)
+    next_sentence_prob: float = _fraction()  # P(true next sentence) in NSP (d2l: 0.5)
+    seed: int
+
+
+@dataclass(frozen=True)
+class MakeSnliConfig:
+    max_len: int = _positive()  # <cls> p <sep> h <sep> is truncated to this (d2l: 128)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_hiddens: int = _positive()
+    ffn_num_hiddens: int = _positive()
+    num_heads: int = _positive()
+    num_blks: int = _positive()
+    dropout: float = _fraction()
+    max_position: int = _positive()  # length of the learnable positional embedding (d2l: 1000)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    batch_size: int = _positive()
+    lr: float = _positive()
+    num_steps: int = _positive()
+    seed: int
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    batch_size: int = _positive()
+    lr: float = _positive()
+    num_epochs: int = _positive()
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = _positive()
+    split: str  # which make_snli split to score (d2l: test)
+
+
+SECTIONS: dict[str, type] = {
+    "download_wikitext": DownloadConfig,
+    "download_snli": DownloadConfig,
+    "tokenize_wikitext": TokenizeWikitextConfig,
+    "make_examples": MakeExamplesConfig,
+    "make_snli": MakeSnliConfig,
+    "model": ModelConfig,
+    "pretrain": PretrainConfig,
+    "finetune": FinetuneConfig,
+    "evaluate": EvaluateConfig,
+}
+
+T = TypeVar("T")
+
+
+def load(path: str | Path, name: str) -> Any:
+    """Read section `name` of the params file at `path` into its config class."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(document, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(document).__name__}")
+    unknown = sorted(set(document) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(
+            f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"
+        )
+    if name not in document:
+        raise ParamsError(f"{path}: missing section '{name}'")
+    return parse_section(SECTIONS[name], document[name], f"{path}: {name}")
+
+
+def parse_section(cls: type[T], values: Any, where: str) -> T:
+    """Build dataclass `cls` from a YAML mapping, checking keys, types and value ranges."""
+    if not isinstance(values, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {_describe(values)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        known = ", ".join(fields)
+        raise ParamsError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {known}")
+    missing = [k for k in fields if k not in values]
+    if missing:
+        raise ParamsError(f"{where}: missing key(s) {', '.join(missing)}")
+    parsed = {}
+    for key, f in fields.items():
+        value = _convert(values[key], hints[key], f"{where}.{key}")
+        check = f.metadata.get("check")
+        if check and not check[0](value):
+            raise ParamsError(f"{where}.{key}: expected {check[1]}, got {value!r}")
+        parsed[key] = value
+    return cls(**parsed)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ParamsError(f"{where}: expected a list, got {_describe(value)}")
+        return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {_describe(value)}")
+        return {
+            _convert(k, args[0], f"{where} key"): _convert(v, args[1], f"{where}.{k}")
+            for k, v in value.items()
+        }
+    return _scalar(value, hint, where)
+
+
+def _scalar(value: Any, hint: type, where: str) -> Any:
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    if hint in (int, float) and isinstance(value, str) and _looks_numeric(value):
+        raise ParamsError(
+            f"{where}: '{value}' is a string to YAML, not a number; "
+            f"write it with a dot and a signed exponent, e.g. 1.0e-3"
+        )
+    raise ParamsError(f"{where}: expected {hint.__name__}, got {_describe(value)}")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"

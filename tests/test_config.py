@@ -1,0 +1,95 @@
+"""Strict params loading: every section of the real params.yaml loads; every kind of mistake is
+an error that names the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bertpipe import config
+from bertpipe.config import ParamsError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_params(tmp_path: Path, document: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("section", sorted(config.SECTIONS))
+def test_every_section_of_the_repo_params_loads(section):
+    cfg = config.load(REPO / "params.yaml", section)
+    assert isinstance(cfg, config.SECTIONS[section])
+
+
+def test_values_keep_their_types():
+    cfg = config.load(REPO / "params.yaml", "finetune")
+    assert cfg.lr == pytest.approx(1e-4) and isinstance(cfg.lr, float)
+    wiki = config.load(REPO / "params.yaml", "download_wikitext")
+    assert isinstance(wiki.mirrors, tuple) and len(wiki.mirrors) == 2
+    assert config.load(REPO / "params.yaml", "download_snli").files["snli_1.0_dev.txt"] is None
+
+
+def test_int_is_accepted_where_a_float_is_expected(tmp_path):
+    doc = repo_params()
+    doc["pretrain"]["lr"] = 1
+    cfg = config.load(write_params(tmp_path, doc), "pretrain")
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+
+
+def test_yaml_exponent_without_dot_is_explained(tmp_path):
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text(encoding="utf-8").replace("lr: 1.0e-4", "lr: 1e-4")
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ParamsError, match=r"finetune\.lr: '1e-4' is a string.*1\.0e-3"):
+        config.load(path, "finetune")
+
+
+@pytest.mark.parametrize(
+    ("section", "mutate", "message"),
+    [
+        ("pretrain", lambda s: s.update(lr_typo=1), r"pretrain: unknown key\(s\) lr_typo"),
+        ("pretrain", lambda s: s.pop("num_steps"), r"pretrain: missing key\(s\) num_steps"),
+        ("pretrain", lambda s: s.update(num_steps=2.5), r"pretrain\.num_steps: expected int"),
+        ("pretrain", lambda s: s.update(num_steps=True), r"pretrain\.num_steps: expected int"),
+        ("pretrain", lambda s: s.update(batch_size=0), r"pretrain\.batch_size: expected a pos"),
+        ("model", lambda s: s.update(dropout=1.5), r"model\.dropout: expected a number in"),
+        ("download_snli", lambda s: s.update(mirrors="x"), r"download_snli\.mirrors: expected a"),
+        ("download_snli", lambda s: s.update(files=[]), r"download_snli\.files: expected a map"),
+    ],
+)
+def test_mistakes_name_the_file_and_key(tmp_path, section, mutate, message):
+    doc = repo_params()
+    mutate(doc[section])
+    path = write_params(tmp_path, doc)
+    with pytest.raises(ParamsError, match=message) as info:
+        config.load(path, section)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_and_missing_sections(tmp_path):
+    doc = repo_params()
+    doc["pretrian"] = doc.pop("pretrain")
+    path = write_params(tmp_path, doc)
+    with pytest.raises(ParamsError, match=r"unknown section\(s\) pretrian"):
+        config.load(path, "model")
+    del doc["pretrian"]
+    with pytest.raises(ParamsError, match="missing section 'pretrain'"):
+        config.load(write_params(tmp_path, doc), "pretrain")
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="no such params file"):
+        config.load(tmp_path / "nope.yaml", "model")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        config.load(bad, "model")
