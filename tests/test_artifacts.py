@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +74,14 @@ def test_sha1_helpers_agree(tmp_path):
     data = b"x" * 3_000_001
     (tmp_path / "f").write_bytes(data)
     assert artifacts.sha1_of_file(tmp_path / "f", chunk_size=4096) == artifacts.sha1_of_bytes(data)
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with artifacts.atomic_dir(tmp_path / "out") as tmp:
+            artifacts.write_json(tmp / "m.json", {})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "m.json").stat().st_mode) == 0o644

@@ -38,6 +38,13 @@ def sha1_of_bytes(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+def _umask_mode(mode: int) -> int:
+    """`mode` less the process umask: what a plain open()/mkdir() would have given."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -46,6 +53,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _umask_mode(0o666))  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -71,6 +79,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(_umask_mode(0o777))  # mkdtemp makes 0700 folders
     try:
         yield tmp
     except BaseException:
