@@ -1,0 +1,309 @@
+"""Downloads against a real loopback HTTP server (tests/conftest.py) and local copies: mirror
+fall-through, SHA-1 rules, retries, Range resume, error pages, unsafe archives, no leftovers."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bertpipe import download
+from bertpipe.cli import UserError
+from bertpipe.config import DownloadConfig
+from bertpipe.download import HttpPolicy
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = HttpPolicy(attempts=3, backoff_s=0.01, connect_timeout_s=2.0, read_timeout_s=5.0)
+_rng = np.random.default_rng(0)
+CONTENT = {  # the train file is large enough for a cut mid-body to leave a real partial file
+    "wiki.train.tokens": _rng.bytes(200_000),
+    "wiki.valid.tokens": b" = Valkyria = \n the game began in 2010 . \n",
+    "wiki.test.tokens": b" = Robert = \n he was born . \n",
+}
+XML_PAGE = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code></Error>'
+
+
+def sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def make_zip(members: dict[str, bytes], dirs: tuple[str, ...] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        for d in dirs:
+            zf.writestr(zipfile.ZipInfo(d), b"")  # a name ending in '/' is a directory entry
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return buffer.getvalue()
+
+
+ORIGINAL = make_zip({f"wikitext-2/{k}": v for k, v in CONTENT.items()}, dirs=("wikitext-2/",))
+ORIGINAL_SHA1 = sha1(ORIGINAL)
+
+
+def cfg_for(
+    mirrors: list[str], archive_sha1: str | None = ORIGINAL_SHA1, member_sha1s: bool = False
+) -> DownloadConfig:
+    files = {name: sha1(data) if member_sha1s else None for name, data in CONTENT.items()}
+    return DownloadConfig(mirrors=tuple(mirrors), sha1=archive_sha1, files=files)
+
+
+def serve(server, name: str, data: bytes) -> str:
+    (server.root / name).write_bytes(data)
+    return server.url(name)
+
+
+def assert_extracted(out: Path) -> None:
+    assert sorted(p.name for p in out.iterdir()) == sorted(CONTENT)
+    for name, data in CONTENT.items():
+        assert (out / name).read_bytes() == data
+
+
+def test_http_mirror_passes_on_archive_sha1(http_server, tmp_path):
+    url = serve(http_server, "wikitext-2-v1.zip", ORIGINAL)
+    out = tmp_path / "data" / "download_wikitext"
+    metrics = download.fetch(cfg_for([url]), out, FAST)
+    assert_extracted(out)
+    assert metrics == {
+        "mirror": url,
+        "archive_bytes": len(ORIGINAL),
+        "archive_sha1": sha1(ORIGINAL),
+        "files": {name: len(data) for name, data in CONTENT.items()},
+    }
+    (hit,) = http_server.hits
+    assert hit.headers["user-agent"] == download.USER_AGENT
+    assert download.USER_AGENT.startswith("bertpipe/")
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary leftovers
+
+
+def test_repackaged_mirror_passes_on_member_sha1s(http_server, tmp_path):
+    # Other layout, extra files, macOS resource forks: only the listed basenames count.
+    repacked = make_zip(
+        {
+            "data/wikitext/wiki.train.tokens": CONTENT["wiki.train.tokens"],
+            "wiki.valid.tokens": CONTENT["wiki.valid.tokens"],
+            "x/y/wiki.test.tokens": CONTENT["wiki.test.tokens"],
+            "__MACOSX/x/y/wiki.test.tokens": b"resource fork",
+            "README": b"repackaged",
+        },
+        dirs=("data/", "data/wikitext/", "wiki.train.tokens/"),
+    )
+    url = serve(http_server, "repacked.zip", repacked)
+    metrics = download.fetch(cfg_for([url], member_sha1s=True), tmp_path / "out", FAST)
+    assert_extracted(tmp_path / "out")
+    assert metrics["archive_sha1"] == sha1(repacked) != sha1(ORIGINAL)
+
+
+@pytest.mark.parametrize(
+    ("member_sha1s", "reason"),
+    [
+        (False, "archive SHA-1"),  # a member without a SHA-1: only the archive's could vouch
+        (True, "has SHA-1"),  # every member hashed, but one differs
+    ],
+)
+def test_repackaged_mirror_that_cannot_be_vouched_for_fails(
+    http_server, tmp_path, member_sha1s, reason
+):
+    changed = make_zip({**CONTENT, "wiki.test.tokens": b"something else\n"})
+    url = serve(http_server, "changed.zip", changed)
+    with pytest.raises(UserError, match=reason):
+        download.fetch(cfg_for([url], member_sha1s=member_sha1s), tmp_path / "out", FAST)
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_sha1_falls_through_to_the_next_mirror(http_server, tmp_path):
+    bad = serve(http_server, "bad.zip", make_zip({"wikitext-2/wiki.train.tokens": b"stale\n"}))
+    good = serve(http_server, "good.zip", ORIGINAL)
+    metrics = download.fetch(cfg_for([bad, good]), tmp_path / "out", FAST)
+    assert metrics["mirror"] == good
+    assert_extracted(tmp_path / "out")
+    assert [hit.name for hit in http_server.hits] == ["bad.zip", "good.zip"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_all_mirrors_failing_lists_each_and_leaves_output_as_it_was(
+    http_server, tmp_path, existing
+):
+    out = tmp_path / "data" / "out"
+    if existing:
+        out.mkdir(parents=True)
+        (out / "old.txt").write_text("previous run")
+    serve(http_server, "cut.zip", ORIGINAL)
+    http_server.cut("cut.zip", after=1000, times=None)  # every attempt dies mid-body
+    mirrors = [
+        http_server.url("missing.zip"),
+        serve(http_server, "page.zip", XML_PAGE),
+        str(tmp_path / "nowhere.zip"),
+        http_server.url("cut.zip"),
+    ]
+    with pytest.raises(UserError) as info:
+        download.fetch(cfg_for(mirrors), out, FAST)
+    headline, *lines = str(info.value).splitlines()
+    assert "none of the 4 mirrors passed" in headline
+    reasons = [
+        "HTTP 404",
+        "not a zip archive",
+        "no such file",
+        f"of {len(ORIGINAL)} bytes (gave up after 3 attempts)",
+    ]
+    assert len(lines) == 4
+    for line, mirror, reason in zip(lines, mirrors, reasons, strict=True):
+        assert mirror in line and reason in line
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["old.txt"]
+        assert (out / "old.txt").read_text() == "previous run"
+    else:
+        assert not out.exists()
+    assert [p.name for p in out.parent.iterdir()] == ([out.name] if existing else [])
+
+
+def test_http_404_is_not_retried(http_server, tmp_path):
+    with pytest.raises(UserError, match="HTTP 404"):
+        download.fetch(cfg_for([http_server.url("gone.zip")]), tmp_path / "out", FAST)
+    assert len(http_server.hits_for("gone.zip")) == 1
+
+
+def test_xml_error_page_saved_as_zip_is_named_as_such(http_server, tmp_path):
+    url = serve(http_server, "wikitext-2-v1.zip", XML_PAGE)  # what d2l's dead S3 URL now serves
+    with pytest.raises(UserError, match=r"not a zip archive: starts with '<\?xml version"):
+        download.fetch(cfg_for([url]), tmp_path / "out", FAST)
+
+
+def test_connection_cut_mid_body_is_resumed_with_range(http_server, tmp_path):
+    url = serve(http_server, "w.zip", ORIGINAL)
+    http_server.cut("w.zip", after=150_000)
+    metrics = download.fetch(cfg_for([url]), tmp_path / "out", FAST)
+    assert_extracted(tmp_path / "out")
+    assert metrics["archive_sha1"] == sha1(ORIGINAL)
+    first, second = http_server.hits_for("w.zip")
+    assert "range" not in first.headers
+    # The read that hit the cut loses its buffer, so the resume starts at a chunk boundary.
+    start = int(second.headers["range"].removeprefix("bytes=").removesuffix("-"))
+    assert 150_000 - download.CHUNK < start <= 150_000
+
+
+def test_server_without_range_support_restarts_the_download(http_server, tmp_path):
+    url = serve(http_server, "w.zip", ORIGINAL)
+    http_server.ranges = False
+    http_server.cut("w.zip", after=150_000)
+    download.fetch(cfg_for([url]), tmp_path / "out", FAST)
+    assert_extracted(tmp_path / "out")
+    assert len(http_server.hits_for("w.zip")) == 2
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_transient_status_is_retried_until_success(http_server, tmp_path, status):
+    url = serve(http_server, "w.zip", ORIGINAL)
+    http_server.fail("w.zip", status, body=b"busy", times=2)
+    download.fetch(cfg_for([url]), tmp_path / "out", FAST)
+    assert_extracted(tmp_path / "out")
+    assert len(http_server.hits_for("w.zip")) == 3
+
+
+def test_persistent_503_gives_up_after_the_attempts(http_server, tmp_path):
+    url = serve(http_server, "w.zip", ORIGINAL)
+    http_server.fail("w.zip", 503)
+    with pytest.raises(UserError, match=r"HTTP 503 .*gave up after 3 attempts"):
+        download.fetch(cfg_for([url]), tmp_path / "out", FAST)
+    assert len(http_server.hits_for("w.zip")) == FAST.attempts
+
+
+def test_refused_connection_is_retried_then_reported(tmp_path):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserError, match=r"Connection refused.*gave up after 3 attempts"):
+        download.fetch(cfg_for([f"http://127.0.0.1:{port}/w.zip"]), tmp_path / "out", FAST)
+
+
+@pytest.mark.parametrize("form", ["file_url", "plain_path"])
+def test_local_copy_mirrors(tmp_path, form):
+    copy = tmp_path / "copies" / "wikitext-2-v1.zip"
+    copy.parent.mkdir()
+    copy.write_bytes(ORIGINAL)
+    mirror = copy.as_uri() if form == "file_url" else str(copy)
+    metrics = download.fetch(cfg_for([mirror]), tmp_path / "out", FAST)
+    assert metrics["mirror"] == mirror
+    assert_extracted(tmp_path / "out")
+    assert copy.read_bytes() == ORIGINAL  # the user's copy is read in place, never moved
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        (
+            {k: v for k, v in CONTENT.items() if k != "wiki.test.tokens"},
+            "no member named 'wiki.test.tokens'",
+        ),
+        (
+            {**CONTENT, "copy/wiki.test.tokens": CONTENT["wiki.test.tokens"]},
+            "2 members named 'wiki.test.tokens'",
+        ),
+        (
+            {**CONTENT, "../wiki.train.tokens": b"escape"},
+            "unsafe member name '../wiki.train.tokens'",
+        ),
+        ({**CONTENT, "/etc/evil": b"escape"}, "unsafe member name '/etc/evil'"),
+    ],
+)
+def test_archive_with_missing_duplicate_or_unsafe_members_fails(tmp_path, members, reason):
+    archive = tmp_path / "w.zip"
+    archive.write_bytes(make_zip(members))
+    # The archive SHA-1 matches, so only the member checks can reject it.
+    with pytest.raises(UserError, match=reason):
+        download.fetch(
+            cfg_for([str(archive)], sha1(archive.read_bytes())), tmp_path / "d/out", FAST
+        )
+    assert list(tmp_path.rglob("*.tokens")) == []  # nothing extracted, inside `d` or beside it
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"mirrors": ()}, "mirrors: empty"),
+        ({"files": {"wikitext-2/wiki.train.tokens": None}}, "not a plain file name"),
+        ({"sha1": None}, "nothing to check the archive against"),
+        ({"sha1": "3c914d17"}, "not a SHA-1"),
+    ],
+)
+def test_unusable_params_fail_before_any_request(http_server, tmp_path, change, reason):
+    cfg = cfg_for([serve(http_server, "w.zip", ORIGINAL)])
+    cfg = DownloadConfig(**{**cfg.__dict__, **change})
+    with pytest.raises(UserError, match=reason):
+        download.fetch(cfg, tmp_path / "out", FAST)
+    assert http_server.hits == []
+
+
+def load_stage(name: str):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("stage", "top"), [("download_wikitext", "wikitext-2"), ("download_snli", "snli_1.0")]
+)
+def test_stage_script_end_to_end(http_server, tmp_path, stage, top):
+    archive = make_zip({f"{top}/{name}": data for name, data in CONTENT.items()})
+    mirrors = [http_server.url("dead.zip"), serve(http_server, "a.zip", archive)]
+    section = {"mirrors": mirrors, "sha1": sha1(archive), "files": dict.fromkeys(CONTENT)}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({stage: section}), encoding="utf-8")
+    out, metrics = tmp_path / "data" / stage, tmp_path / "metrics" / f"{stage}.json"
+    load_stage(stage).main(["--params", str(params), "--out", str(out), "--metrics", str(metrics)])
+    assert_extracted(out)
+    assert json.loads(metrics.read_text(encoding="utf-8")) == {
+        "mirror": mirrors[1],
+        "archive_bytes": len(archive),
+        "archive_sha1": sha1(archive),
+        "files": {name: len(data) for name, data in CONTENT.items()},
+    }
