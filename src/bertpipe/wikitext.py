@@ -1,0 +1,160 @@
+"""WikiText reading (d2l's paragraph and sentence rules) and the tokenised corpus on disk.
+
+d2l's rules (`_read_wiki`): a raw line is a paragraph iff it contains " . "; it is stripped,
+lower-cased and split on " . " only (so "!" and "?" end no sentence, and the last sentence keeps
+its trailing " ." because `strip` removed the space after it); a sentence's tokens are its
+whitespace-separated words. Headings and blank lines have no " . " and vanish; one-sentence
+paragraphs stay (they feed the vocabulary and negative NSP draws, though they make no pair).
+d2l then shuffles the paragraphs; here that seeded shuffle belongs to `make_examples`, so this
+module keeps file order.
+
+The tokenised corpus is three flat arrays instead of nested lists, so it loads memory-mapped and
+`pretraining` can work on it with array operations: token ids of every sentence concatenated,
+sentence offsets into them, and paragraph offsets into the sentences.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bertpipe import artifacts
+from bertpipe.cli import UserError
+from bertpipe.vocab import SPECIALS, Vocab
+
+SENTENCE_END = " . "
+ARRAYS = ["token_ids", "sentence_offsets", "paragraph_offsets"]
+RERUN = "rerun the tokenize_wikitext stage (dvc repro tokenize_wikitext)"
+
+
+def split_paragraph(line: str) -> list[str] | None:
+    """The sentences of one raw line (newline included), or None when it is no paragraph."""
+    if SENTENCE_END not in line:
+        return None
+    return line.strip().lower().split(SENTENCE_END)
+
+
+def read_paragraphs(path: str | Path) -> list[list[list[str]]]:
+    """Paragraphs -> sentences -> tokens of a WikiText `.tokens` file, in file order."""
+    try:
+        with open(path, encoding="utf-8") as f:  # universal newlines, as d2l's readlines()
+            paragraphs = [split_paragraph(line) for line in f]
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; run the download_wikitext stage first") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; pass the WikiText .tokens file itself") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; pass a WikiText .tokens file") from None
+    paragraphs = [[s.split() for s in p] for p in paragraphs if p is not None]
+    if not paragraphs:
+        raise UserError(
+            f"{path}: no line contains ' . ', so no sentences; pass a WikiText .tokens file"
+        )
+    return paragraphs
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Tokenised paragraphs as flat arrays: sentence i = token_ids[s[i]:s[i+1]], paragraph j =
+    sentences p[j]..p[j+1]-1."""
+
+    token_ids: np.ndarray  # (num_tokens,) id dtype
+    sentence_offsets: np.ndarray  # (num_sentences + 1,) int64
+    paragraph_offsets: np.ndarray  # (num_paragraphs + 1,) int64
+    vocab_size: int
+    vocab_sha1: str
+
+    @property
+    def num_paragraphs(self) -> int:
+        return len(self.paragraph_offsets) - 1
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self.sentence_offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def meta(self) -> dict:
+        return {
+            "vocab_size": self.vocab_size,
+            "vocab_sha1": self.vocab_sha1,
+            "num_paragraphs": self.num_paragraphs,
+            "num_sentences": self.num_sentences,
+            "num_tokens": self.num_tokens,
+            "id_dtype": artifacts.id_dtype(self.vocab_size).name,
+            "special_ids": {t: i for i, t in enumerate(SPECIALS)},
+        }
+
+
+def encode(paragraphs: list[list[list[str]]], vocab: Vocab) -> Corpus:
+    """Map tokenised paragraphs to a `Corpus` of ids under `vocab`."""
+    sentences = list(itertools.chain.from_iterable(paragraphs))
+    sentence_lens = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
+    paragraph_lens = np.fromiter(map(len, paragraphs), dtype=np.int64, count=len(paragraphs))
+    ids = vocab.ids(itertools.chain.from_iterable(sentences), count=int(sentence_lens.sum()))
+    return Corpus(
+        token_ids=ids.astype(artifacts.id_dtype(len(vocab))),
+        sentence_offsets=np.concatenate([[0], np.cumsum(sentence_lens)]),
+        paragraph_offsets=np.concatenate([[0], np.cumsum(paragraph_lens)]),
+        vocab_size=len(vocab),
+        vocab_sha1=vocab.sha1,
+    )
+
+
+def save(folder: str | Path, corpus: Corpus, vocab: Vocab) -> None:
+    """Write `vocab.json`, the three arrays and `meta.json` into `folder`."""
+    vocab.save(Path(folder) / "vocab.json")
+    artifacts.save_arrays(folder, {name: getattr(corpus, name) for name in ARRAYS})
+    artifacts.write_json(Path(folder) / "meta.json", corpus.meta())
+
+
+def load(folder: str | Path) -> Corpus:
+    """Read a tokenize_wikitext folder (arrays memory-mapped), checking that its files agree."""
+    folder = Path(folder)
+    for name in ["meta.json", "vocab.json", *(f"{a}.npy" for a in ARRAYS)]:
+        if not (folder / name).is_file():
+            raise UserError(f"{folder / name}: missing; {RERUN}")
+    try:
+        meta = artifacts.read_json(folder / "meta.json")
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError both are
+        raise UserError(f"{folder / 'meta.json'}: not valid JSON ({err}); {RERUN}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{folder / 'meta.json'}: expected a JSON object; {RERUN}")
+    vocab = Vocab.load(folder / "vocab.json")
+    if meta.get("vocab_sha1") != vocab.sha1 or meta.get("vocab_size") != len(vocab):
+        raise UserError(
+            f"{folder / 'vocab.json'}: does not match meta.json (another run?); {RERUN}"
+        )
+    arrays = artifacts.load_arrays(folder, ARRAYS)
+    corpus = Corpus(**arrays, vocab_size=len(vocab), vocab_sha1=vocab.sha1)
+    problem = _problem(corpus, meta)
+    if problem:
+        raise UserError(f"{folder}: {problem}; {RERUN}")
+    return corpus
+
+
+def _problem(corpus: Corpus, meta: dict) -> str | None:
+    """What makes the loaded arrays inconsistent with each other or with meta.json, or None."""
+    s, p, ids = corpus.sentence_offsets, corpus.paragraph_offsets, corpus.token_ids
+    if ids.dtype != artifacts.id_dtype(corpus.vocab_size):
+        return (
+            f"token_ids.npy has dtype {ids.dtype}, expected {artifacts.id_dtype(corpus.vocab_size)}"
+        )
+    if s.dtype != np.int64 or p.dtype != np.int64:
+        return "an offsets file is not int64"
+    if meta.get("num_tokens") != len(ids) or meta.get("num_sentences") != len(s) - 1:
+        return "token_ids.npy or sentence_offsets.npy disagrees with meta.json's counts"
+    if meta.get("num_paragraphs") != len(p) - 1 or len(p) < 2:
+        return "paragraph_offsets.npy disagrees with meta.json's count or is empty"
+    if s[0] != 0 or s[-1] != len(ids) or np.any(np.diff(s) < 0):
+        return "sentence_offsets.npy does not cover token_ids.npy in order"
+    if p[0] != 0 or p[-1] != len(s) - 1 or np.any(np.diff(p) <= 0):
+        return "paragraph_offsets.npy does not cover the sentences in order"
+    if len(ids) and int(ids.max()) >= corpus.vocab_size:
+        return f"token_ids.npy holds ids beyond the vocabulary size {corpus.vocab_size}"
+    return None

@@ -1,0 +1,59 @@
+"""Read a WikiText .tokens file with d2l's rules, build the vocabulary and store the ids.
+
+Reads:  --corpus (data/download_wikitext/wiki.train.tokens)
+Writes: --out (data/tokenize_wikitext/: vocab.json, token_ids.npy, sentence_offsets.npy,
+        paragraph_offsets.npy, meta.json), --metrics (metrics/tokenize_wikitext.json)
+Params: tokenize_wikitext
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+
+from bertpipe import artifacts, config, wikitext
+from bertpipe.cli import run
+from bertpipe.vocab import UNK_ID, Vocab
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    parser.add_argument("--corpus", required=True, help="WikiText .tokens file to read")
+    parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
+    args = parser.parse_args(argv)
+    cfg = config.load(args.params, "tokenize_wikitext")
+
+    paragraphs = wikitext.read_paragraphs(args.corpus)
+    sentences = list(itertools.chain.from_iterable(paragraphs))
+    log.info(
+        "read %d paragraphs, %d sentences from %s", len(paragraphs), len(sentences), args.corpus
+    )
+    vocab = Vocab.build(itertools.chain.from_iterable(sentences), cfg.min_freq)
+    log.info("vocabulary: %d tokens (min_freq %d)", len(vocab), cfg.min_freq)
+    corpus = wikitext.encode(paragraphs, vocab)
+    with artifacts.atomic_dir(args.out) as tmp:
+        wikitext.save(tmp, corpus, vocab)
+    log.info("wrote %d token ids to %s", corpus.num_tokens, args.out)
+
+    unk_rate = float((corpus.token_ids == UNK_ID).mean()) if corpus.num_tokens else 0.0
+    metrics = {
+        "paragraphs": corpus.num_paragraphs,
+        "sentences": corpus.num_sentences,
+        "tokens": corpus.num_tokens,
+        "vocab_size": len(vocab),
+        "unk_rate": round(unk_rate, 6),
+    }
+    artifacts.write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,221 @@
+"""WikiText reading rules (d2l's `_read_wiki`), the corpus arrays, and the tokenize stage."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertpipe import wikitext
+from bertpipe.cli import UserError
+from bertpipe.vocab import SPECIALS, UNK_ID, Vocab
+
+STAGE = Path(__file__).resolve().parents[1] / "stages" / "tokenize_wikitext.py"
+
+# Lines as WikiText writes them: a leading space, " @-@ " joins, headings, blank lines.
+TEXT = (
+    " \n"
+    " = Valkyria Chronicles III = \n"
+    " \n"
+    " Senjō no Valkyria 3 : <unk> Chronicles . It is a role @-@ playing game ! "
+    "Really ? Yes . \n"
+    " \n"
+    " = = Gameplay = = \n"
+    " One sentence only . \n"
+    " No period here , so no paragraph \n"
+    " A number like 3.5 is no split . Nor is a.b . End \n"
+)
+
+EXPECTED = [
+    [
+        ["senjō", "no", "valkyria", "3", ":", "<unk>", "chronicles"],
+        ["it", "is", "a", "role", "@-@", "playing", "game", "!", "really", "?", "yes", "."],
+    ],
+    [["one", "sentence", "only", "."]],
+    [["a", "number", "like", "3.5", "is", "no", "split"], ["nor", "is", "a.b"], ["end"]],
+]
+
+
+def load_stage():
+    spec = importlib.util.spec_from_file_location("tokenize_wikitext_stage", STAGE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_split_paragraph_rules():
+    assert wikitext.split_paragraph(" = = Title = = \n") is None
+    assert wikitext.split_paragraph(" \n") is None
+    assert wikitext.split_paragraph(" costs 3.5 million\n") is None
+    assert wikitext.split_paragraph(" Ends without space .\n") is None  # no " . " in the raw line
+    # The raw filter sees " . " before the newline; strip() then leaves one sentence with its ".".
+    assert wikitext.split_paragraph(" Foo Bar . \n") == ["foo bar ."]
+    assert wikitext.split_paragraph(" A b . C ! D ? e . \n") == ["a b", "c ! d ? e ."]
+
+
+def test_read_paragraphs_keeps_file_order_and_d2l_rules(tmp_path):
+    path = tmp_path / "wiki.tokens"
+    path.write_text(TEXT, encoding="utf-8")
+    assert wikitext.read_paragraphs(path) == EXPECTED
+
+
+def test_read_paragraphs_handles_crlf_like_text_mode(tmp_path):
+    path = tmp_path / "wiki.tokens"
+    path.write_bytes(TEXT.replace("\n", "\r\n").encode("utf-8"))
+    assert wikitext.read_paragraphs(path) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        (None, "no such file"),
+        (b" = Heading = \n \n no sentence here\n", "no line contains ' . '"),
+        (b"", "no line contains ' . '"),
+        (b" caf\xe9 . ok . \n", "not UTF-8"),
+    ],
+)
+def test_unusable_corpus_is_a_user_error(tmp_path, content, complaint):
+    path = tmp_path / "wiki.train.tokens"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        wikitext.read_paragraphs(path)
+    assert str(path) in str(info.value) and complaint in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_encode_offsets_and_ids():
+    paragraphs = [[["b", "a"], ["c"]], [["a", "zz", "a", "b"]], [[], ["b"]]]
+    vocab = Vocab.build(["a", "a", "a", "a", "b", "b", "b", "c"], min_freq=2)
+    corpus = wikitext.encode(paragraphs, vocab)
+    a, b = vocab["a"], vocab["b"]
+    assert (a, b) == (5, 6)
+    assert corpus.token_ids.dtype == np.uint16
+    assert corpus.token_ids.tolist() == [b, a, UNK_ID, a, UNK_ID, a, b, b]
+    assert corpus.sentence_offsets.tolist() == [0, 2, 3, 7, 7, 8]  # an empty sentence is kept
+    assert corpus.paragraph_offsets.tolist() == [0, 2, 3, 5]
+    assert (corpus.num_paragraphs, corpus.num_sentences, corpus.num_tokens) == (3, 5, 8)
+
+
+def make_folder(tmp_path: Path) -> Path:
+    paragraphs = [[["x", "y", "x"], ["y", "z"]], [["z", "z", "x"]]]
+    vocab = Vocab.build(["x", "y", "z", "x", "y", "z", "z"], min_freq=1)
+    folder = tmp_path / "tok"
+    folder.mkdir(parents=True)
+    wikitext.save(folder, wikitext.encode(paragraphs, vocab), vocab)
+    return folder
+
+
+def test_save_load_round_trip(tmp_path):
+    folder = make_folder(tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta == {
+        "vocab_size": 8,
+        "vocab_sha1": Vocab.load(folder / "vocab.json").sha1,
+        "num_paragraphs": 2,
+        "num_sentences": 3,
+        "num_tokens": 8,
+        "id_dtype": "uint16",
+        "special_ids": {t: i for i, t in enumerate(SPECIALS)},
+    }
+    corpus = wikitext.load(folder)
+    assert corpus.token_ids.tolist() == [6, 7, 6, 7, 5, 5, 5, 6]  # z=5, x=6, y=7
+    assert corpus.sentence_offsets.tolist() == [0, 3, 5, 8]
+    assert corpus.paragraph_offsets.tolist() == [0, 2, 3]
+    assert corpus.sentence_offsets.dtype == corpus.paragraph_offsets.dtype == np.int64
+
+
+def test_load_rejects_mixed_or_broken_folders(tmp_path):
+    folder = make_folder(tmp_path)
+    Vocab.build(["other", "words"], min_freq=1).save(folder / "vocab.json")
+    with pytest.raises(UserError, match=r"vocab\.json: does not match meta\.json"):
+        wikitext.load(folder)
+
+    folder = make_folder(tmp_path / "again")
+    np.save(folder / "token_ids.npy", np.array([6, 7, 6, 99, 5, 5, 5, 6], dtype=np.uint16))
+    with pytest.raises(UserError, match="beyond the vocabulary size 8"):
+        wikitext.load(folder)
+
+    np.save(folder / "sentence_offsets.npy", np.array([0, 3, 2, 8]))
+    with pytest.raises(UserError, match=r"does not cover token_ids\.npy"):
+        wikitext.load(folder)
+
+    (folder / "paragraph_offsets.npy").unlink()
+    with pytest.raises(UserError, match=r"paragraph_offsets\.npy: missing; rerun"):
+        wikitext.load(folder)
+
+
+def write_params(path: Path, min_freq: int) -> Path:
+    path.write_text(f"tokenize_wikitext:\n  min_freq: {min_freq}\n", encoding="utf-8")
+    return path
+
+
+def test_stage_end_to_end_is_deterministic(tmp_path):
+    stage = load_stage()
+    corpus = tmp_path / "wiki.train.tokens"
+    corpus.write_text(TEXT * 3, encoding="utf-8")
+    params = write_params(tmp_path / "params.yaml", min_freq=3)
+    outputs = []
+    for run in ("one", "two"):
+        out, metrics = tmp_path / run, tmp_path / f"{run}.json"
+        stage.main(
+            [
+                "--params",
+                str(params),
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                "--metrics",
+                str(metrics),
+            ]
+        )
+        outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+        outputs[-1]["metrics"] = metrics.read_bytes()
+    assert outputs[0] == outputs[1]
+    assert set(outputs[0]) == {
+        "vocab.json",
+        "token_ids.npy",
+        "sentence_offsets.npy",
+        "paragraph_offsets.npy",
+        "meta.json",
+        "metrics",
+    }
+    metrics = json.loads(outputs[0]["metrics"])
+    num_tokens = 3 * sum(len(s) for p in EXPECTED for s in p)
+    assert metrics["paragraphs"] == 9 and metrics["sentences"] == 18
+    assert metrics["tokens"] == num_tokens
+    vocab = Vocab.load(tmp_path / "one" / "vocab.json")
+    assert (
+        metrics["vocab_size"]
+        == len(vocab)
+        == len(SPECIALS) + len({t for p in EXPECTED for s in p for t in s} - {"<unk>"})
+    )
+    corpus_arrays = wikitext.load(tmp_path / "one")
+    assert metrics["unk_rate"] == pytest.approx(3 / num_tokens, abs=1e-6)  # the literal <unk>s
+    assert (corpus_arrays.token_ids == UNK_ID).sum() == 3
+
+
+def test_stage_bad_corpus_leaves_no_output(tmp_path):
+    stage = load_stage()
+    corpus = tmp_path / "empty.tokens"
+    corpus.write_text(" = Only a heading = \n", encoding="utf-8")
+    params = write_params(tmp_path / "params.yaml", min_freq=1)
+    out, metrics = tmp_path / "out", tmp_path / "m.json"
+    with pytest.raises(UserError, match=r"empty\.tokens: no line contains"):
+        stage.main(
+            [
+                "--params",
+                str(params),
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                "--metrics",
+                str(metrics),
+            ]
+        )
+    assert not out.exists() and not metrics.exists()
