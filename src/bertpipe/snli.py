@@ -1,0 +1,290 @@
+"""SNLI for fine-tuning: read and clean the TSV files, truncate pairs, store compact token ids.
+
+d2l reads the *binary-parse* columns of `snli_1.0_<split>.txt`, deletes the brackets, keeps rows
+whose gold label is entailment/contradiction/neutral, lower-cases, splits on whitespace, pops
+tokens off the longer side until `<cls> p <sep> h <sep>` fits max_len, and pads every pair to
+max_len as int64 tensors built pair by pair in a Pool(4). Here the same pairs are stored unpadded
+(one flat id array + offsets; training pads each batch to its longest member) and built with
+numpy per chunk of thousands of pairs, in a process pool that gets the vocabulary once per worker.
+The output bytes do not depend on the number of workers or the chunk size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from itertools import chain, repeat
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from bertpipe.cli import UserError
+
+log = logging.getLogger(__name__)
+
+LABELS = ("entailment", "contradiction", "neutral")  # label id = index, as in d2l
+COLUMNS = ("gold_label", "sentence1_binary_parse", "sentence2_binary_parse")
+SPLITS = ("train", "test", "dev")  # dev is optional: d2l never reads it
+REQUIRED_SPLITS = ("train", "test")
+FIX_DOWNLOAD = "download it again (dvc repro -f download_snli)"
+
+
+def split_files(folder: str | Path) -> dict[str, Path]:
+    """Map each split present in `folder` to its `snli_1.0_<split>.txt`; train and test must be."""
+    folder = Path(folder)
+    files = {s: folder / f"snli_1.0_{s}.txt" for s in SPLITS}
+    for split in REQUIRED_SPLITS:
+        if not files[split].is_file():
+            raise UserError(
+                f"{files[split]}: missing; the download_snli stage provides it "
+                f"(dvc repro download_snli)"
+            )
+    return {s: p for s, p in files.items() if p.is_file()}
+
+
+def clean(parse: str) -> str:
+    """d2l's cleaning of a binary parse, then lower case: no brackets, single spaces, trimmed."""
+    return " ".join(parse.replace("(", "").replace(")", "").lower().split())
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """The labelled pairs of one SNLI file, in file order."""
+
+    premises: list[str]  # cleaned (see `clean`)
+    hypotheses: list[str]
+    labels: np.ndarray  # (N,) uint8, index into LABELS
+    dropped_no_label: int  # rows whose gold label is '-' (no annotator consensus)
+
+    def label_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(LABELS))
+        return {name: int(c) for name, c in zip(LABELS, counts, strict=True)}
+
+
+def read_snli(path: str | Path) -> Pairs:
+    """Read one `snli_1.0_<split>.txt`, checking its header and that every row is whole."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        _check_header(path, data)
+        _check_field_counts(path, data)
+        # QUOTE_NONE: SNLI text contains '"' characters; na_filter=False keeps 'null'/'NA' as text
+        frame = pd.read_csv(
+            io.BytesIO(data),
+            sep="\t",
+            quoting=csv.QUOTE_NONE,
+            dtype=str,
+            usecols=list(COLUMNS),
+            na_filter=False,
+            engine="c",
+        )
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err}); {FIX_DOWNLOAD}") from None
+    codes = pd.Index(LABELS).get_indexer(frame["gold_label"])  # (rows,) -1: no gold label
+    keep = codes >= 0
+    if not keep.any():
+        raise UserError(f"{path}: no row has a gold label in {', '.join(LABELS)}; {FIX_DOWNLOAD}")
+    pairs = Pairs(
+        premises=[clean(s) for s in frame["sentence1_binary_parse"][keep]],
+        hypotheses=[clean(s) for s in frame["sentence2_binary_parse"][keep]],
+        labels=codes[keep].astype(np.uint8),
+        dropped_no_label=int(np.count_nonzero(~keep)),
+    )
+    log.info(
+        "read %d pairs from %s (%d rows without a gold label dropped)",
+        len(pairs.labels),
+        path,
+        pairs.dropped_no_label,
+    )
+    return pairs
+
+
+def _check_header(path: Path, data: bytes) -> None:
+    if not data.strip():
+        raise UserError(f"{path}: empty file; {FIX_DOWNLOAD}")
+    header = data.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r").split("\t")
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise UserError(
+            f"{path}: header lacks column(s) {', '.join(missing)}; expected SNLI 1.0's "
+            f"tab-separated header ({', '.join(COLUMNS)}, ...); {FIX_DOWNLOAD}"
+        )
+
+
+def _check_field_counts(path: Path, data: bytes) -> None:
+    """Every line must have as many tab-separated fields as the header (pandas' C parser
+    silently pads short rows and, with `usecols`, ignores long ones)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    line_ends = np.flatnonzero(raw == ord("\n"))
+    if not data.endswith(b"\n"):
+        line_ends = np.append(line_ends, len(raw))
+    tabs_before = np.searchsorted(np.flatnonzero(raw == ord("\t")), line_ends)  # (lines,)
+    fields = np.diff(tabs_before, prepend=0) + 1  # (lines,)
+    bad = np.flatnonzero(fields != fields[0])
+    if bad.size:
+        line = int(bad[0])
+        raise UserError(
+            f"{path}, line {line + 1}: {fields[line]} tab-separated fields where the header has "
+            f"{fields[0]} (the row is damaged or cut short); {FIX_DOWNLOAD}"
+        )
+
+
+def truncated_lengths(
+    len_p: np.ndarray, len_h: np.ndarray, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths after d2l's rule: while len_p + len_h > budget, pop the last token of the longer
+    side, of the hypothesis on a tie.
+
+    Closed form of that loop: the longer side shrinks to budget - shorter, unless that would
+    make it the shorter one; then both end balanced, ceil(budget/2) premise tokens and
+    floor(budget/2) hypothesis tokens (each tie pops the hypothesis first).
+    """
+    over = len_p + len_h > budget
+    p_first = over & (len_p > len_h)  # the premise is popped first (it is longer)
+    h_first = over & ~p_first  # the hypothesis is popped first (longer, or a tie)
+    # the side popped second keeps its length, or half the budget if it gets popped too
+    keep_h = np.where(p_first, np.minimum(len_h, budget // 2), len_h)
+    keep_p = np.where(h_first, np.minimum(len_p, (budget + 1) // 2), len_p)
+    # the side popped first gets what is left of the budget
+    keep_p = np.where(p_first, budget - keep_h, keep_p)
+    keep_h = np.where(h_first, budget - keep_p, keep_h)
+    return keep_p, keep_h
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Pairs as `<cls> p <sep> h <sep>` ids, concatenated (the on-disk layout of make_snli)."""
+
+    token_ids: np.ndarray  # (total,) id dtype
+    offsets: np.ndarray  # (N+1,) int64: pair i = token_ids[offsets[i]:offsets[i+1]]
+    segment_starts: np.ndarray  # (N,) int16: first segment-1 token = len(p truncated) + 2
+    truncated: int  # pairs that lost tokens to max_len
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        names = ("token_ids", "offsets", "segment_starts")
+        return {name: getattr(self, name) for name in names}
+
+    @staticmethod
+    def concatenate(parts: list[Encoded]) -> Encoded:
+        lengths = np.concatenate([np.diff(p.offsets) for p in parts])  # (N,)
+        return Encoded(
+            token_ids=np.concatenate([p.token_ids for p in parts]),
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            segment_starts=np.concatenate([p.segment_starts for p in parts]),
+            truncated=sum(p.truncated for p in parts),
+        )
+
+
+@dataclass(frozen=True)
+class PairEncoder:
+    """Everything a worker needs to encode pairs; sent to each worker once."""
+
+    token_to_id: dict[str, int]  # the pretraining vocabulary
+    max_len: int  # of `<cls> p <sep> h <sep>`
+    dtype: np.dtype  # artifacts.id_dtype(vocab size)
+    unk_id: int
+    cls_id: int
+    sep_id: int
+
+    def __post_init__(self) -> None:
+        if not 3 <= self.max_len <= np.iinfo(np.int16).max:
+            raise UserError(f"make_snli.max_len: {self.max_len} is not in [3, 32767]")
+
+    def encode(self, premises: list[str], hypotheses: list[str]) -> Encoded:
+        """Encode one chunk of pairs with array operations (no Python loop per pair)."""
+        p_ids, p_len = self._lookup(premises)  # (p_tokens,), (n,)
+        h_ids, h_len = self._lookup(hypotheses)
+        keep_p, keep_h = truncated_lengths(p_len, h_len, self.max_len - 3)  # (n,) each
+        offsets = np.concatenate([[0], np.cumsum(keep_p + keep_h + 3)]).astype(np.int64)
+        first, sep1 = offsets[:-1], offsets[:-1] + 1 + keep_p  # (n,) <cls> and first <sep>
+        out = np.empty(offsets[-1], dtype=self.dtype)
+        out[first] = self.cls_id
+        out[_ranges(first + 1, keep_p)] = p_ids[_ranges(_starts(p_len), keep_p)]
+        out[sep1] = self.sep_id
+        out[_ranges(sep1 + 1, keep_h)] = h_ids[_ranges(_starts(h_len), keep_h)]
+        out[offsets[1:] - 1] = self.sep_id
+        truncated = int(np.count_nonzero(keep_p + keep_h < p_len + h_len))
+        return Encoded(out, offsets, (keep_p + 2).astype(np.int16), truncated)
+
+    def _lookup(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of all whitespace tokens, concatenated (tokens,), and tokens per sentence (n,)."""
+        tokens = [s.split() for s in sentences]
+        lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+        # map(dict.get, ...) runs the lookup loop in C: no Python frame per token
+        ids = map(self.token_to_id.get, chain.from_iterable(tokens), repeat(self.unk_id))
+        return np.fromiter(ids, dtype=self.dtype, count=int(lengths.sum())), lengths
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    """Start of each ragged piece in the concatenation of pieces of these lengths."""
+    return np.cumsum(lengths) - lengths
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of range(s, s + n) for each (s, n): gathers/scatters ragged slices at once."""
+    return np.repeat(starts - _starts(lengths), lengths) + np.arange(lengths.sum())
+
+
+_worker_encoder: PairEncoder | None = None  # set once per worker process by _init_worker
+
+
+def _init_worker(encoder: PairEncoder) -> None:
+    global _worker_encoder
+    _worker_encoder = encoder
+
+
+def _encode_in_worker(chunk: tuple[list[str], list[str]]) -> Encoded:
+    assert _worker_encoder is not None, "_init_worker did not run"
+    return _worker_encoder.encode(*chunk)
+
+
+def encode_pairs(
+    encoder: PairEncoder,
+    premises: list[str],
+    hypotheses: list[str],
+    workers: int = 1,
+    start_method: str | None = None,
+    chunk_size: int = 4096,
+    desc: str = "encode",
+) -> Encoded:
+    """Encode all pairs in chunks, over `workers` processes (1: in this process).
+
+    `start_method` ('fork', 'spawn', 'forkserver'; None: the platform's default) only changes
+    how workers start; every chunk is encoded independently, so the result is the same.
+    """
+    n = len(premises)
+    size = max(1, min(chunk_size, -(-n // workers)))  # at least one chunk per worker
+    chunks = [(premises[i : i + size], hypotheses[i : i + size]) for i in range(0, max(n, 1), size)]
+    parts: list[Encoded] = []
+    with contextlib.ExitStack() as stack, tqdm(total=n, desc=desc, unit="pair") as bar:
+        if workers == 1:
+            results: Iterator[Encoded] = (encoder.encode(p, h) for p, h in chunks)
+        else:
+            pool = ProcessPoolExecutor(
+                min(workers, len(chunks)),
+                mp_context=multiprocessing.get_context(start_method),
+                initializer=_init_worker,
+                initargs=(encoder,),
+            )
+            results = stack.enter_context(pool).map(_encode_in_worker, chunks)
+        for part in results:  # in chunk order
+            parts.append(part)
+            bar.update(len(part.segment_starts))
+    encoded = Encoded.concatenate(parts)
+    log.info(
+        "encoded %d pairs with %d worker(s): %d tokens, %d pairs truncated to max_len %d",
+        n,
+        workers,
+        len(encoded.token_ids),
+        encoded.truncated,
+        encoder.max_len,
+    )
+    return encoded
