@@ -1,0 +1,270 @@
+"""The model equals d2l's BERT: attention through SDPA matches d2l's masked-softmax formula, the
+whole encoder matches a plain re-statement of d2l's, padding is invisible, d2l's state-dict
+names load strictly, and the model can learn (it overfits one batch)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertpipe.cli import UserError
+from bertpipe.config import ModelConfig
+from bertpipe.model import BERTClassifier, BERTModel, key_mask, num_parameters
+
+V, H, FFN, HEADS, BLKS, MAX_POS = 37, 12, 20, 3, 2, 50
+
+
+def tiny_cfg(dropout: float = 0.0) -> ModelConfig:
+    return ModelConfig(
+        num_hiddens=H,
+        ffn_num_hiddens=FFN,
+        num_heads=HEADS,
+        num_blks=BLKS,
+        dropout=dropout,
+        max_position=MAX_POS,
+    )
+
+
+def tiny_model(dropout: float = 0.0, seed: int = 0) -> BERTModel:
+    torch.manual_seed(seed)
+    return BERTModel(V, tiny_cfg(dropout))
+
+
+def random_batch(B: int = 5, T: int = 11, P: int = 3, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    segments = torch.randint(0, 2, (B, T), generator=g)
+    valid_lens = torch.randint(1, T + 1, (B,), generator=g)
+    valid_lens[0] = T  # one row with no padding at all
+    pred_positions = torch.randint(0, T, (B, P), generator=g) % valid_lens[:, None]
+    return tokens, segments, valid_lens, pred_positions
+
+
+def d2l_attention(mha, X, valid_lens):
+    """d2l's MultiHeadAttention: heads split/concatenated, masked keys' scores set to -1e6."""
+    B, T, _ = X.shape
+    nh, d = mha.num_heads, H // mha.num_heads
+
+    def split(t):  # (B, T, H) -> (B*nh, T, d)
+        return t.reshape(B, T, nh, d).permute(0, 2, 1, 3).reshape(B * nh, T, d)
+
+    q, k, v = split(mha.W_q(X)), split(mha.W_k(X)), split(mha.W_v(X))
+    scores = q @ k.transpose(1, 2) / math.sqrt(d)  # (B*nh, T, T)
+    lens = valid_lens.repeat_interleave(nh).float()  # (B*nh,)
+    keep = torch.arange(T, dtype=torch.float32)[None, None, :] < lens[:, None, None]
+    weights = torch.where(keep, scores, torch.tensor(-1e6)).softmax(dim=-1)
+    out = (weights @ v).reshape(B, nh, T, d).permute(0, 2, 1, 3).reshape(B, T, H)
+    return mha.W_o(out)
+
+
+def d2l_encoder(encoder, tokens, segments, valid_lens):
+    """d2l's BERTEncoder written out: embeddings summed, post-LN blocks, ReLU FFN."""
+    T = tokens.shape[1]
+    X = encoder.token_embedding(tokens) + encoder.segment_embedding(segments)
+    X = X + encoder.pos_embedding[:, :T, :]
+    for blk in encoder.blks:
+        Y = blk.addnorm1.ln(X + d2l_attention(blk.attention, X, valid_lens))
+        ffn = blk.ffn.dense2(torch.relu(blk.ffn.dense1(Y)))
+        X = blk.addnorm2.ln(Y + ffn)
+    return X
+
+
+@pytest.mark.parametrize(
+    "valid_lens",
+    [
+        torch.tensor([9, 1, 4, 7]),
+        torch.tensor([9, 0, 4, 20], dtype=torch.int16),  # 0: uniform attention; 20 > T
+        torch.tensor([2.5, 9.0, 0.0, 6.0]),  # d2l's pretraining loader gives float32 lengths
+    ],
+)
+def test_sdpa_attention_equals_d2l_masked_softmax(valid_lens):
+    model = tiny_model().eval()
+    mha = model.encoder.blks[0].attention
+    X = torch.randn(4, 9, H, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = mha(X, *key_mask(valid_lens, 9))
+        expected = d2l_attention(mha, X, valid_lens)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_equals_d2l_formula():
+    model = tiny_model().eval()
+    tokens, segments, valid_lens, _ = random_batch()
+    with torch.no_grad():
+        ours = model.encoder(tokens, segments, valid_lens)
+        expected = d2l_encoder(model.encoder, tokens, segments, valid_lens)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_beyond_valid_len_changes_nothing():
+    model = tiny_model().eval()
+    tokens, segments, valid_lens, positions = random_batch()
+    g = torch.Generator().manual_seed(3)
+    junk_tokens = torch.cat([tokens, torch.randint(0, V, (5, 6), generator=g)], dim=1)
+    junk_segments = torch.cat([segments, torch.randint(0, 2, (5, 6), generator=g)], dim=1)
+    for b, n in enumerate(valid_lens.tolist()):  # junk also inside the original padding
+        junk_tokens[b, n:] = torch.randint(0, V, (junk_tokens.shape[1] - n,), generator=g)
+    with torch.no_grad():
+        enc, mlm, nsp = model(tokens, segments, valid_lens, positions)
+        enc2, mlm2, nsp2 = model(junk_tokens, junk_segments, valid_lens, positions)
+    for b, n in enumerate(valid_lens.tolist()):
+        torch.testing.assert_close(enc[b, :n], enc2[b, :n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mlm, mlm2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(nsp, nsp2, atol=1e-5, rtol=1e-5)
+
+
+def test_output_shapes():
+    model = tiny_model()
+    tokens, segments, valid_lens, positions = random_batch(B=5, T=11, P=3)
+    encoded, mlm, nsp = model(tokens, segments, valid_lens, positions)
+    assert (encoded.shape, mlm.shape, nsp.shape) == ((5, 11, H), (5, 3, V), (5, 2))
+    encoded, mlm, nsp = model(tokens, segments, valid_lens)
+    assert mlm is None and encoded.shape == (5, 11, H) and nsp.shape == (5, 2)
+    classifier = BERTClassifier(model, num_classes=3)
+    assert classifier(tokens, segments, valid_lens).shape == (5, 3)
+
+
+def test_mlm_logits_are_the_head_on_the_gathered_positions():
+    model = tiny_model().eval()
+    tokens, segments, valid_lens, positions = random_batch()
+    with torch.no_grad():
+        encoded, mlm, _ = model(tokens, segments, valid_lens, positions)
+        for b in range(tokens.shape[0]):
+            for j, t in enumerate(positions[b].tolist()):
+                torch.testing.assert_close(mlm[b, j], model.mlm.mlp(encoded[b, t]))
+
+
+def test_longer_than_max_position_is_a_user_error():
+    model = tiny_model()
+    tokens = torch.zeros(1, MAX_POS + 1, dtype=torch.long)
+    with pytest.raises(UserError, match="max_position"):
+        model(tokens, tokens, torch.tensor([3]))
+
+
+def test_heads_must_divide_hidden_size():
+    with pytest.raises(UserError, match="num_heads"):
+        BERTModel(V, ModelConfig(10, FFN, 3, 1, 0.0, MAX_POS))
+
+
+def d2l_state_dict_shapes(num_blks: int) -> dict[str, tuple[int, ...]]:
+    """d2l 1.0.3 BERTModel's state-dict keys and shapes, written out by hand."""
+    shapes = {
+        "encoder.pos_embedding": (1, MAX_POS, H),
+        "encoder.token_embedding.weight": (V, H),
+        "encoder.segment_embedding.weight": (2, H),
+        "hidden.0.weight": (H, H),
+        "hidden.0.bias": (H,),
+        "mlm.mlp.0.weight": (H, H),
+        "mlm.mlp.0.bias": (H,),
+        "mlm.mlp.2.weight": (H,),
+        "mlm.mlp.2.bias": (H,),
+        "mlm.mlp.3.weight": (V, H),
+        "mlm.mlp.3.bias": (V,),
+        "nsp.output.weight": (2, H),
+        "nsp.output.bias": (2,),
+    }
+    for i in range(num_blks):
+        block = f"encoder.blks.{i}"
+        for w in ("W_q", "W_k", "W_v", "W_o"):
+            shapes[f"{block}.attention.{w}.weight"] = (H, H)
+            shapes[f"{block}.attention.{w}.bias"] = (H,)
+        for ln in ("addnorm1", "addnorm2"):
+            shapes[f"{block}.{ln}.ln.weight"] = (H,)
+            shapes[f"{block}.{ln}.ln.bias"] = (H,)
+        shapes[f"{block}.ffn.dense1.weight"] = (FFN, H)
+        shapes[f"{block}.ffn.dense1.bias"] = (FFN,)
+        shapes[f"{block}.ffn.dense2.weight"] = (H, FFN)
+        shapes[f"{block}.ffn.dense2.bias"] = (H,)
+    return shapes
+
+
+def test_d2l_state_dict_loads_strictly():
+    shapes = d2l_state_dict_shapes(BLKS)
+    g = torch.Generator().manual_seed(4)
+    d2l_weights = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    model = tiny_model()
+    model.load_state_dict(d2l_weights, strict=True)
+    ours = model.state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == shapes
+    assert all(torch.equal(ours[k], d2l_weights[k]) for k in shapes)
+    assert num_parameters(model) == sum(math.prod(s) for s in shapes.values())
+
+
+def test_classifier_keys_and_sharing():
+    model = tiny_model()
+    classifier = BERTClassifier(model, num_classes=3)
+    keys = set(classifier.state_dict())
+    encoder_keys = {k for k in d2l_state_dict_shapes(BLKS) if k.startswith("encoder.")}
+    expected = encoder_keys | {"hidden.0.weight", "hidden.0.bias", "output.weight", "output.bias"}
+    assert keys == expected
+    assert classifier.encoder is model.encoder and classifier.hidden is model.hidden
+    assert classifier.output.weight.shape == (3, H)
+
+
+def test_dropout_active_in_train_mode_only():
+    model = tiny_model(dropout=0.3)
+    tokens, segments, valid_lens, _ = random_batch()
+    model.train()
+    first, second = model(tokens, segments, valid_lens)[0], model(tokens, segments, valid_lens)[0]
+    assert not torch.allclose(first, second)
+    for blk in model.encoder.blks:  # residual dropout off: the attention weights' stays on
+        blk.addnorm1.dropout.p = blk.addnorm2.dropout.p = 0.0
+    first, second = model(tokens, segments, valid_lens)[0], model(tokens, segments, valid_lens)[0]
+    assert not torch.allclose(first, second)
+    model.eval()
+    first, second = model(tokens, segments, valid_lens)[0], model(tokens, segments, valid_lens)[0]
+    assert torch.equal(first, second)
+
+
+def test_gradients_reach_every_parameter_and_used_positions_only():
+    model = tiny_model(dropout=0.1)
+    tokens, segments, valid_lens, positions = random_batch(T=11)
+    _, mlm, nsp = model(tokens, segments, valid_lens, positions)
+    (mlm.sum() + nsp.sum()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    pos_grad = model.encoder.pos_embedding.grad[0]  # (MAX_POS, H)
+    assert pos_grad[:11].abs().sum(dim=1).gt(0).all()
+    assert torch.equal(pos_grad[11:], torch.zeros_like(pos_grad[11:]))
+
+
+def weighted_mlm_loss(logits, labels, weights):
+    per_slot = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), reduction="none")
+    return (per_slot * weights.reshape(-1)).sum() / (weights.sum() + 1e-8)
+
+
+def test_overfits_one_pretraining_batch():
+    model = tiny_model()
+    tokens, segments, valid_lens, positions = random_batch(B=8, T=12, P=3)
+    g = torch.Generator().manual_seed(5)
+    mlm_labels = torch.randint(0, V, positions.shape, generator=g)
+    mlm_weights = torch.ones(positions.shape)
+    mlm_weights[:, -1] = 0.0  # padding slots: their (random) labels must not matter
+    nsp_labels = torch.randint(0, 2, (8,), generator=g)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(300):
+        optimizer.zero_grad()
+        _, mlm, nsp = model(tokens, segments, valid_lens, positions)
+        mlm_loss = weighted_mlm_loss(mlm, mlm_labels, mlm_weights)
+        loss = mlm_loss + F.cross_entropy(nsp, nsp_labels)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05, loss.item()
+
+
+def test_classifier_overfits_one_batch():
+    classifier = BERTClassifier(tiny_model(), num_classes=3)
+    tokens, segments, valid_lens, _ = random_batch(B=16, T=10)
+    labels = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(6))
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=0.01)
+    for _ in range(100):
+        optimizer.zero_grad()
+        F.cross_entropy(classifier(tokens, segments, valid_lens), labels).backward()
+        optimizer.step()
+    with torch.no_grad():
+        predictions = classifier.eval()(tokens, segments, valid_lens).argmax(dim=1)
+    assert torch.equal(predictions, labels)
