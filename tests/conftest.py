@@ -1,4 +1,10 @@
-"""Shared fixtures. `http_server`: a real HTTP server on 127.0.0.1 for download tests, offline.
+"""Shared fixtures.
+
+`one_thread` (every test): tiny models run fastest on one torch thread, and on a busy 2-core
+machine two OpenMP threads that spin-wait for each other after every small op made a 1 s test
+take minutes.
+
+`http_server`: a real HTTP server on 127.0.0.1 for download tests, offline.
 
 It serves the files under `server.root` (Range requests included) and can be told to misbehave
 for a given name, so retries, resume and error pages are tested against real sockets:
@@ -28,6 +34,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @dataclass

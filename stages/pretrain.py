@@ -1,0 +1,69 @@
+"""Pretrain BERT on the WikiText-2 examples (MLM + NSP), d2l's fixed number of Adam steps.
+
+Reads:  --examples (data/make_examples/)
+Writes: --out (data/pretrain/model.safetensors), --metrics (metrics/pretrain.json),
+        --live (metrics/pretrain_live/: DVCLive curves under plots/metrics/, x = step)
+Params: pretrain, model
+
+Speed knobs (not params): --device, --workers, --compile. Launch with torchrun for DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from bertpipe import artifacts, config, training
+from bertpipe.cli import UserError, run
+from bertpipe.model import BERTModel, num_parameters
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    parser.add_argument("--examples", required=True, help="make_examples output folder")
+    parser.add_argument("--out", required=True, help="output folder for model.safetensors")
+    parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
+    parser.add_argument("--live", required=True, help="DVCLive folder for the training curves")
+    training.add_speed_args(parser)
+    args = parser.parse_args(argv)
+    cfg = config.load(args.params, "pretrain")
+    model_cfg = config.load(args.params, "model")
+    examples, meta = training.load_examples(args.examples)
+    if meta["max_len"] > model_cfg.max_position:
+        raise UserError(
+            f"{args.params}: model.max_position {model_cfg.max_position} is shorter than the "
+            f"examples' max_len {meta['max_len']} ({args.examples}); raise model.max_position"
+        )
+
+    with training.runtime(args.device, args.workers, args.compile, distributed=True) as rt:
+        torch.manual_seed(cfg.seed)
+        model = BERTModel(meta["vocab_size"], model_cfg)
+        log.info(
+            "BERT with %d parameters, %d examples",
+            num_parameters(model),
+            len(examples["nsp_labels"]),
+        )
+        with training.curves(args.live, rt) as live:
+            metrics = training.pretrain(model, examples, cfg, rt, live)
+        if not rt.is_main:
+            return
+        with artifacts.atomic_dir(args.out) as out:
+            meta_out = training.bert_meta(model_cfg, meta["vocab_size"], meta["vocab_sha1"])
+            artifacts.save_checkpoint(Path(out) / "model.safetensors", model.state_dict(), meta_out)
+        log.info("wrote %s", args.out)
+    metrics |= {"num_parameters": num_parameters(model), "num_examples": meta["num_examples"]}
+    artifacts.write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    run(main)
