@@ -1,0 +1,120 @@
+"""dvc.yaml says what each stage reads and writes; this checks that it tells the truth.
+
+DVC reruns a stage only when a listed dep or param changes, so a module the stage imports but
+does not list would let stale outputs survive a code change. Each stage's script is checked
+against its dvc.yaml entry: the package modules it imports (transitively), the paths on its
+command line, and the `Reads:` / `Writes:` / `Params:` lines of its docstring.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bertpipe import config
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+STAGES = PIPELINE["stages"]
+
+
+def names(entries: list) -> list[str]:
+    """dvc.yaml list entries are either 'path' or {'path': {options}}."""
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+
+
+def package_imports(path: Path, seen: set[str] | None = None) -> set[str]:
+    """`src/bertpipe/<m>.py` for every bertpipe module `path` imports, directly or not."""
+    seen = set() if seen is None else seen
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        modules = []
+        if isinstance(node, ast.ImportFrom) and node.module == "bertpipe":
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bertpipe."):
+            modules = [node.module.split(".")[1]]
+        elif isinstance(node, ast.Import):
+            modules = [a.name.split(".")[1] for a in node.names if a.name.startswith("bertpipe.")]
+        for module in modules:
+            file = f"src/bertpipe/{module}.py"
+            if file not in seen and (REPO / file).exists():
+                seen.add(file)
+                package_imports(REPO / file, seen)
+    return seen
+
+
+def docstring_words(script: Path, label: str) -> list[str]:
+    """The words of the `<label>:` line (and its indented continuation) of a script's docstring."""
+    doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
+    match = re.search(rf"^{label}:(.*(?:\n[ \t]+\S.*)*)", doc, re.MULTILINE)
+    assert match, f"{script.name}: docstring has no '{label}:' line"
+    return [w.strip("()`,:;") for w in match.group(1).split()]
+
+
+def docstring_paths(script: Path, label: str) -> set[str]:
+    words = docstring_words(script, label)
+    return {w.rstrip("/") for w in words if w.startswith(("data/", "metrics/"))}
+
+
+def covers(general: str, specific: str) -> bool:
+    """`specific` is `general` or a path inside it."""
+    return specific == general or specific.startswith(general + "/")
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_runs_its_own_script(name):
+    cmd = STAGES[name]["cmd"].split()
+    assert cmd[:2] == ["python", f"stages/{name}.py"]
+    assert f"stages/{name}.py" in names(STAGES[name]["deps"])
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_deps_list_exactly_the_package_modules_the_script_imports(name):
+    listed = {d for d in names(STAGES[name]["deps"]) if d.startswith("src/")}
+    assert listed == package_imports(REPO / "stages" / f"{name}.py")
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_params_are_whole_known_sections_and_match_the_docstring(name):
+    params = STAGES[name].get("params", [])
+    assert all(isinstance(p, str) and p in config.SECTIONS for p in params)
+    words = docstring_words(REPO / "stages" / f"{name}.py", "Params")
+    assert [w for w in words if w in config.SECTIONS] == params
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_command_line_paths_are_deps_or_outs(name):
+    stage = STAGES[name]
+    declared = set(names(stage["deps"])) | set(names(stage["outs"]))
+    cmd = stage["cmd"].split()[2:]
+    paths = [value for flag, value in itertools.pairwise(cmd) if flag.startswith("--")]
+    assert paths and set(paths) <= declared
+    script = REPO / "stages" / f"{name}.py"
+    for label, kind in (("Reads", "deps"), ("Writes", "outs")):
+        mentioned = docstring_paths(script, label)
+        declared = names(stage[kind])
+        for path in (p for p in paths if p in declared):
+            assert any(covers(path, m) for m in mentioned), f"{label}: does not name {path}"
+        for m in mentioned:
+            assert any(covers(d, m) for d in declared), f"{label}: {m} is not in dvc.yaml {kind}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_outputs_follow_the_naming_rule(name):
+    outs = names(STAGES[name]["outs"])
+    assert f"metrics/{name}.json" in outs
+    assert f"metrics/{name}.json" in PIPELINE["metrics"]
+    cached = [o for o in STAGES[name]["outs"] if isinstance(o, str)]
+    assert all(o.startswith(f"data/{name}") for o in cached)
+    uncached = dict(next(iter(o.items())) for o in STAGES[name]["outs"] if isinstance(o, dict))
+    assert all(path.startswith("metrics/") for path in uncached)
+    assert all(options == {"cache": False} for options in uncached.values())
+
+
+def test_every_params_section_is_used_by_a_stage():
+    used = {p for stage in STAGES.values() for p in stage.get("params", [])}
+    assert used == set(config.SECTIONS)
