@@ -1,0 +1,92 @@
+"""The whole pipeline through real DVC, on generated archives served from a loopback HTTP server.
+
+One scratch copy of the repository runs `dvc repro` once (module fixture); the tests then read
+what DVC reports and check that caching and invalidation behave as a DVC user expects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bertpipe import small
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+DATA_STAGES = ["download_wikitext", "download_snli", "tokenize_wikitext", "make_examples",
+               "make_snli"]  # fmt: skip
+ALL_STAGES = [*DATA_STAGES, "pretrain", "finetune", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workspace")
+    mirror = tmp_path_factory.mktemp("mirror")
+    small.copy_repository(REPO, workdir)
+    downloads = small.make_archives(mirror)
+    with small.serve(mirror) as base_url:
+        small.write_params(workdir, downloads, base_url)
+        small.commit_all(workdir, "small params")
+        small.dvc(workdir, "repro", capture=True)
+        yield workdir
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def set_param(workdir: Path, section: str, key: str, value: object) -> None:
+    path = workdir / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def metrics(workdir: Path) -> dict:
+    shown = json.loads(small.dvc(workdir, "metrics", "show", "--json", capture=True))
+    (workspace_metrics,) = shown.values()
+    return workspace_metrics["data"]
+
+
+def test_every_stage_reports_its_metrics(workspace):
+    data = metrics(workspace)
+    assert sorted(Path(f).stem for f in data) == sorted(ALL_STAGES)
+    tokenized = data["metrics/tokenize_wikitext.json"]["data"]
+    assert tokenized["paragraphs"] > 0 and tokenized["vocab_size"] > 5
+    assert data["metrics/make_examples.json"]["data"]["examples"] > 0
+    assert data["metrics/make_snli.json"]["data"]["test"]["pairs"] > 0
+
+
+def test_learning_happens(workspace):
+    data = metrics(workspace)
+    pretrain = data["metrics/pretrain.json"]["data"]
+    assert pretrain["mlm_loss_last"] < pretrain["mlm_loss"]  # the last step beats the mean
+    evaluate = data["metrics/evaluate.json"]["data"]
+    assert evaluate["accuracy"] >= 0.6  # three balanced classes: chance is 1/3
+
+
+def test_plots_come_from_the_training_curves(workspace):
+    shown = json.loads(small.dvc(workspace, "plots", "show", "--json", capture=True))["data"]
+    assert "metrics/pretrain_live/plots/metrics/train/mlm_loss.tsv" in shown
+    assert "metrics/finetune_live/plots/metrics/epoch/test_accuracy.tsv" in shown
+    (confusion,) = shown["confusion"]
+    values = confusion["content"]["data"]["values"]
+    assert {"actual", "predicted"} <= set(values[0])
+
+
+def test_a_second_repro_reruns_nothing(workspace):
+    assert stages_run(small.dvc(workspace, "repro", capture=True)) == []
+
+
+def test_a_param_change_reruns_exactly_the_stages_downstream(workspace):
+    set_param(workspace, "make_snli", "max_len", 48)
+    diff = json.loads(small.dvc(workspace, "params", "diff", "--json", capture=True))
+    change = diff["params.yaml"]["make_snli.max_len"]
+    assert (change["old"], change["new"]) == (64, 48)
+    ran = stages_run(small.dvc(workspace, "repro", capture=True))
+    assert sorted(ran) == ["evaluate", "finetune", "make_snli"]
