@@ -12,32 +12,16 @@ Params: download_wikitext
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from bertpipe import artifacts, config, download
-from bertpipe.cli import run
+from bertpipe.cli import run, stage_parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="folder that receives the extracted files (replaced atomically)",
-    )
-    parser.add_argument(
-        "--metrics",
-        type=Path,
-        required=True,
-        help="JSON written last: mirror used, archive size and SHA-1, file sizes",
-    )
+    parser = stage_parser(__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the extracted files")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON, written last")
     args = parser.parse_args(argv)
     cfg = config.load(args.params, "download_wikitext")
     metrics = download.fetch(cfg, args.out)

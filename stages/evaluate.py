@@ -10,25 +10,19 @@ Speed knobs (not params): --device, --workers.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from bertpipe import artifacts, config, metrics, training
-from bertpipe.cli import UserError, run
+from bertpipe.cli import UserError, run, stage_parser
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
-    )
+    parser = stage_parser(__doc__)
     parser.add_argument("--model", required=True, help="finetune checkpoint (.safetensors)")
     parser.add_argument("--snli", required=True, help="make_snli output folder")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")

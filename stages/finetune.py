@@ -10,26 +10,20 @@ Speed knobs (not params): --device, --workers, --compile. Launch with torchrun f
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import torch
 
 from bertpipe import artifacts, config, training
-from bertpipe.cli import run
+from bertpipe.cli import run, stage_parser
 from bertpipe.model import BERTClassifier
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
-    )
+    parser = stage_parser(__doc__)
     parser.add_argument("--pretrained", required=True, help="pretrain checkpoint (.safetensors)")
     parser.add_argument("--snli", required=True, help="make_snli output folder")
     parser.add_argument("--out", required=True, help="output folder for model.safetensors")

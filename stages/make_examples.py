@@ -9,24 +9,18 @@ Params: make_examples
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from bertpipe import artifacts, config, pretraining, wikitext
-from bertpipe.cli import UserError, run
+from bertpipe.cli import UserError, run, stage_parser
 from bertpipe.vocab import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
-    )
+    parser = stage_parser(__doc__)
     parser.add_argument("--corpus", required=True, help="tokenize_wikitext output folder")
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")

@@ -7,26 +7,20 @@ Params: make_snli
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
 import numpy as np
 
 from bertpipe import artifacts, config, snli
-from bertpipe.cli import run
+from bertpipe.cli import run, stage_parser
 from bertpipe.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
-    )
+    parser = stage_parser(__doc__)
     parser.add_argument("--snli", required=True, help="folder with snli_1.0_<split>.txt")
     parser.add_argument("--vocab", required=True, help="vocab.json of the pretraining vocabulary")
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")

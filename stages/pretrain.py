@@ -10,26 +10,20 @@ Speed knobs (not params): --device, --workers, --compile. Launch with torchrun f
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import torch
 
 from bertpipe import artifacts, config, training
-from bertpipe.cli import UserError, run
+from bertpipe.cli import UserError, run, stage_parser
 from bertpipe.model import BERTModel, num_parameters
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
-    )
+    parser = stage_parser(__doc__)
     parser.add_argument("--examples", required=True, help="make_examples output folder")
     parser.add_argument("--out", required=True, help="output folder for model.safetensors")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")

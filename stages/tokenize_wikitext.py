@@ -8,24 +8,18 @@ Params: tokenize_wikitext
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 
 from bertpipe import artifacts, config, wikitext
-from bertpipe.cli import run
+from bertpipe.cli import run, stage_parser
 from bertpipe.vocab import UNK_ID, Vocab
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
-    )
+    parser = stage_parser(__doc__)
     parser.add_argument("--corpus", required=True, help="WikiText .tokens file to read")
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
