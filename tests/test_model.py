@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bertpipe.cli import UserError
 from bertpipe.config import ModelConfig
-from bertpipe.model import BERTClassifier, BERTModel, key_mask, num_parameters
+from bertpipe.model import (
+    BERTClassifier,
+    BERTModel,
+    MultiHeadAttention,
+    Packing,
+    dropout,
+    key_mask,
+    num_parameters,
+)
 
 V, H, FFN, HEADS, BLKS, MAX_POS = 37, 12, 20, 3, 2, 50
 
@@ -136,6 +145,72 @@ def test_mlm_logits_are_the_head_on_the_gathered_positions():
         for b in range(tokens.shape[0]):
             for j, t in enumerate(positions[b].tolist()):
                 torch.testing.assert_close(mlm[b, j], model.mlm.mlp(encoded[b, t]))
+
+
+def packed(tokens, segments, valid_lens, num_groups):
+    """The real positions of a padded batch, packed as `Packing` lays them out."""
+    real = torch.arange(tokens.shape[1]) < valid_lens[:, None]  # (B, T), row-major = packed order
+    return tokens[real], segments[real], Packing.of(valid_lens.numpy(), num_groups), real
+
+
+@pytest.mark.parametrize("num_groups", [1, 2, 3, 5])
+def test_packed_encoder_equals_the_padded_one_at_real_positions(num_groups):
+    """Any grouping, lengths in any order: the same outputs and the same gradients."""
+    model = tiny_model()
+    tokens, segments, valid_lens, _ = random_batch(B=5, T=11)
+    ids, segs, packing, real = packed(tokens, segments, valid_lens, num_groups)
+    assert len(packing.groups) == num_groups and packing.max_steps == 11
+    g = torch.Generator().manual_seed(7)
+    weights = torch.randn(int(valid_lens.sum()), H, generator=g)  # a loss on real rows only
+    results = []
+    for run in (lambda: model.encoder(tokens, segments, valid_lens)[real],
+                lambda: model.encoder.forward_packed(ids, segs, packing)):  # fmt: skip
+        model.zero_grad()
+        out = run()  # (N, H)
+        (out * weights).sum().backward()
+        results.append(
+            (out.detach(), {n: p.grad.clone() for n, p in model.encoder.named_parameters()})
+        )
+    (padded, grads), (ours, our_grads) = results
+    torch.testing.assert_close(ours, padded, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(our_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packing_layout():
+    packing = Packing.of(np.array([2, 3, 1]), num_groups=2)
+    assert packing.groups == ((2, 3), (1, 1))  # (examples, steps) per group
+    assert packing.positions.tolist() == [0, 1, 0, 1, 2, 0]
+    assert packing.slots.tolist() == [0, 1, 3, 4, 5, 0]  # rows in (examples, steps) layouts
+    assert packing.group_starts.tolist() == [0, 0, 0, 0, 0, 6]  # group 2's layout after 2 x 3
+    # two feature blocks per row: group 1's layout twice (12 rows), then group 2's twice
+    assert packing.index(2).tolist() == [0, 6, 1, 7, 3, 9, 4, 10, 5, 11, 12, 13]
+    assert [m.shape for m in packing.masks()] == [(1, 2, 1, 3), (1, 1, 1, 1)]
+    moved = packing.to("cpu")
+    assert moved.groups == packing.groups and torch.equal(moved.slots, packing.slots)
+    with pytest.raises(ValueError, match="at least one position"):
+        Packing.of(np.array([2, 0]))
+
+
+def test_attention_dropout_on_cpu_keeps_the_expected_output():
+    """Dropout on the attention weights (computed without SDPA on CPU) is unbiased and drops
+    about p of them: averaged over many draws, the output is the dropout-free one."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(H, HEADS, dropout=0.3)
+    X = torch.randn(4, 9, H, generator=torch.Generator().manual_seed(8))
+    mask = key_mask(torch.tensor([9, 3, 6, 1]), 9)
+    with torch.no_grad():
+        expected = mha.eval()(X, *mask)
+        mha.train()
+        draws = torch.stack([mha(X, *mask) for _ in range(3000)])
+    assert not torch.allclose(draws[0], expected)
+    torch.testing.assert_close(draws.mean(0), expected, atol=0.03, rtol=0.0)
+    weights = torch.ones(2000, 50)
+    kept = (dropout(weights, 0.3, training=True) > 0).float().mean().item()
+    assert kept == pytest.approx(0.7, abs=0.005)
+    values = dropout(weights, 0.3, training=True).unique()
+    torch.testing.assert_close(values, torch.tensor([0.0, 1 / 0.7]))
+    assert torch.equal(dropout(weights, 0.3, training=False), weights)
 
 
 def test_longer_than_max_position_is_a_user_error():

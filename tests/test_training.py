@@ -146,6 +146,47 @@ def test_mlm_loss_is_the_weighted_mean_over_real_slots_only():
     assert training.mlm_loss(noisy_logits, noisy_labels, weights).item() == loss.item()
 
 
+@pytest.mark.parametrize("block", [3, 8, 1024])  # vocabulary columns per block of logits
+def test_linear_cross_entropy_equals_mlm_loss_accuracy_and_their_gradients(monkeypatch, block):
+    monkeypatch.setattr(training, "LOGIT_BLOCK", block)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 6, generator=g)
+    layer = torch.nn.Linear(6, 11)
+    labels = torch.randint(0, 11, (9,), generator=g)
+    labels[:3] = torch.tensor([0, 10, 7])  # the first and last columns, inside a block
+    weights = torch.rand(9, generator=g) + 0.5  # real slots; any positive weight
+    results = []
+    for fused in (False, True):
+        xg = x.clone().requires_grad_()
+        layer.zero_grad()
+        if fused:
+            loss, acc = training.linear_cross_entropy(xg, layer, labels, weights)
+        else:
+            logits = layer(xg)
+            loss = training.mlm_loss(logits, labels, weights)
+            acc = training.mlm_accuracy(logits, labels, weights)
+        (3.0 * loss).backward()  # an upstream gradient other than 1
+        results.append([loss.detach(), acc, xg.grad, layer.weight.grad, layer.bias.grad])
+    for plain, fused in zip(*results, strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_cross_entropy_under_autocast_matches_f_linear():
+    """Matmuls in the autocast dtype (as F.linear's would be), softmax in float32."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 8, generator=g, requires_grad=True)
+    layer = torch.nn.Linear(8, 30)
+    labels = torch.randint(0, 30, (16,), generator=g)
+    weights = torch.ones(16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = training.linear_cross_entropy(x, layer, labels, weights)
+        expected = training.mlm_loss(layer(x), labels, weights)
+    loss.backward()
+    assert loss.dtype == torch.float32 and x.grad.dtype == torch.float32
+    assert layer.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=2e-2, atol=2e-2)
+
+
 def test_nsp_loss_and_accuracies():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0]])
     labels = torch.tensor([0, 0, 0])
@@ -160,17 +201,33 @@ def test_nsp_loss_and_accuracies():
 # Batching
 
 
-def test_collate_examples_trims_to_the_longest_member(tmp_path):
+def test_collate_examples_packs_real_positions_in_order_of_length(tmp_path):
     ex, _ = training.load_examples(write_examples(tmp_path / "ex", n=40, max_len=20))
-    idx = np.array([7, 3, 30])
+    idx = np.array([7, 3, 30, 12, 5, 21])
     b = training.collate_examples(ex, idx)
-    T = int(ex["valid_lens"][idx].max())
-    assert T < 20 and b["tokens"].shape == b["segments"].shape == (3, T)
-    assert b["tokens"].dtype == torch.int64 and b["mlm_weights"].dtype == torch.float32
-    np.testing.assert_array_equal(b["tokens"].numpy(), ex["token_ids"][idx, :T])
-    np.testing.assert_array_equal(b["pred_positions"].numpy(), ex["pred_positions"][idx])
-    np.testing.assert_array_equal(b["nsp_labels"].numpy(), ex["nsp_labels"][idx])
-    assert (ex["token_ids"][idx, T:] == 1).all()  # only padding was cut
+    lens = ex["valid_lens"][idx].astype(int)
+    order = np.argsort(lens, kind="stable")
+    sorted_idx, sorted_lens = idx[order], lens[order]
+    assert b["tokens"].dtype == torch.int64 and b["slot_weights"].dtype == torch.float32
+    # every real position once, example by example (shortest first), and nothing else
+    pairs = list(zip(sorted_idx, sorted_lens, strict=True))
+    tokens = np.concatenate([ex["token_ids"][i, :n] for i, n in pairs])
+    segments = np.concatenate([ex["segments"][i, :n] for i, n in pairs])
+    assert b["tokens"].tolist() == tokens.tolist() and b["segments"].tolist() == segments.tolist()
+    assert b["packing"].valid_lens.tolist() == sorted_lens.tolist()
+    assert b["nsp_labels"].tolist() == ex["nsp_labels"][sorted_idx].tolist()
+    starts = np.cumsum(sorted_lens) - sorted_lens
+    assert b["cls_rows"].tolist() == starts.tolist()
+    assert (b["tokens"][b["cls_rows"]] == 3).all()  # <cls>
+    # the real slots, in order: their rows hold the predicted positions of their examples
+    slots = [(int(s + p), int(y), float(w))
+             for i, s in zip(sorted_idx, starts, strict=True)
+             for p, y, w in zip(ex["pred_positions"][i], ex["mlm_labels"][i], ex["mlm_weights"][i],
+                                strict=True)
+             if w > 0]  # fmt: skip
+    got = [b["slot_rows"].tolist(), b["slot_labels"].tolist(), b["slot_weights"].tolist()]
+    assert list(zip(*got, strict=True)) == slots
+    assert len(slots) < ex["mlm_weights"][idx].size  # some slots were padding
 
 
 def test_collate_snli_builds_cls_p_sep_h_sep_with_segments_and_padding(tmp_path):
@@ -268,6 +325,47 @@ def test_pretraining_loss_falls_on_a_learnable_corpus(tmp_path):
     assert nsp[-10:, 1].mean() < nsp[:10, 1].mean() - 0.1
     assert metrics["steps"] == 80 and metrics["mlm_accuracy"] > 0.2
     assert metrics["mlm_loss"] == pytest.approx(mlm[:, 1].mean(), abs=1e-3)
+
+
+def test_pretrain_objective_equals_the_model_on_padded_batches(tmp_path):
+    """Packed encoder + MLM head on real slots only = d2l's padded computation: same losses,
+    accuracies and gradients."""
+    ex, _ = training.load_examples(write_examples(tmp_path / "ex", n=50))
+    idx = np.random.default_rng(0).permutation(50)[:17]
+    torch.manual_seed(0)
+    model = BERTModel(VOCAB, TINY)
+
+    def padded_way() -> tuple[list[torch.Tensor], torch.Tensor]:
+        T = int(ex["valid_lens"][idx].max())
+        longs = {k: torch.from_numpy(ex[k][idx].astype(np.int64)) for k in training.EXAMPLE_ARRAYS}
+        weights = longs["mlm_weights"].float()
+        _, mlm_logits, nsp_logits = model(
+            longs["token_ids"][:, :T], longs["segments"][:, :T], longs["valid_lens"],
+            longs["pred_positions"],
+        )  # fmt: skip
+        loss = training.mlm_loss(mlm_logits, longs["mlm_labels"], weights)
+        acc = training.mlm_accuracy(mlm_logits, longs["mlm_labels"], weights)
+        return [loss, training.nsp_loss(nsp_logits, longs["nsp_labels"])], acc
+
+    def packed_way() -> tuple[list[torch.Tensor], torch.Tensor]:
+        b = training.collate_examples(ex, idx)
+        assert len(b["slot_rows"]) == int((ex["mlm_weights"][idx] > 0).sum())
+        loss, acc, nsp_logits = training.PretrainObjective(model)(b)
+        return [loss, training.nsp_loss(nsp_logits, b["nsp_labels"])], acc
+
+    results = []
+    for way in (padded_way, packed_way):
+        model.zero_grad()
+        losses, acc = way()
+        sum(losses).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results.append((torch.stack(losses).detach(), acc, grads))
+    (l1, a1, g1), (l2, a2, g2) = results
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
+    assert a1.item() == pytest.approx(a2.item())
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_finetuning_learns_a_toy_nli_task(tmp_path):

@@ -14,10 +14,22 @@ published weights (`bert.small`, `bert.base`) load with `load_state_dict` and nu
 
 d2l builds its layers lazily (sizes inferred on a first forward pass); here every size is
 explicit, so a model is complete, and its optimiser can be built, as soon as it is constructed.
+
+Speed: `BERTEncoder.forward_packed` runs the encoder on the real positions of a batch only, as
+a (N, H) matrix (see `Packing`); only attention pads, group by group of similar lengths, to
+find each position's keys. Outputs at real positions are those of the padded forward, because
+padding is never a key. On CPU, dropout draws one uniform number per element instead of using
+PyTorch's much slower Bernoulli sampler there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +52,90 @@ def key_mask(valid_lens: Tensor, num_steps: int) -> tuple[Tensor, Tensor]:
     no_keys = ~visible[:, :1]  # (B, 1): a prefix without position 0 is empty
     attn_mask = (visible | no_keys)[:, None, None, :]  # (B, 1, 1, T)
     return attn_mask, no_keys[:, :, None]
+
+
+def dropout(X: Tensor, p: float, training: bool) -> Tensor:
+    """`F.dropout`; on CPU its mask comes from `torch.rand`, about twice as fast as the Bernoulli
+    sampler `F.dropout` uses there (same distribution, other random numbers)."""
+    if not training or not 0.0 < p < 1.0 or X.device.type != "cpu":
+        return F.dropout(X, p, training)
+    with torch.no_grad():
+        scale = torch.rand_like(X).ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1/(1-p), in place
+    return X * scale
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout through `dropout` (its `p` and train/eval switch work as usual)."""
+
+    def forward(self, X: Tensor) -> Tensor:
+        return dropout(X, self.p, self.training)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where the N real positions of B examples sit in a packed (N, H) batch.
+
+    Rows go example by example, each example's positions in order. Examples are cut into
+    consecutive groups; attention pads each group to its own longest member (examples sorted by
+    length waste little), laying out the groups one after the other. Build it with `Packing.of`
+    on the host, then move it with `to`.
+    """
+
+    positions: Tensor  # (N,) int64: position of each row within its example
+    valid_lens: Tensor  # (B,) int64, in row order; every one >= 1
+    slots: Tensor  # (N,) int64: flat index of each row in its group's (examples, steps) layout
+    group_starts: Tensor  # (N,) int64: where that layout starts among all groups' layouts
+    group_sizes: Tensor  # (N,) int64: examples * steps of that group
+    groups: tuple[tuple[int, int], ...]  # (examples, steps) of each group, in order
+
+    @classmethod
+    def of(cls, valid_lens: np.ndarray, num_groups: int = 1) -> Packing:
+        """The packing of examples with these lengths, cut into `num_groups` (near) equal groups."""
+        lens = np.asarray(valid_lens, dtype=np.int64)  # (B,)
+        if lens.size == 0 or lens.min() < 1:
+            raise ValueError("every packed example needs at least one position")
+        bounds = np.linspace(0, len(lens), min(num_groups, len(lens)) + 1).round().astype(int)
+        groups = tuple((int(b - a), int(lens[a:b].max())) for a, b in itertools.pairwise(bounds))
+        examples, steps = (np.array(column) for column in zip(*groups, strict=True))
+        sizes = examples * steps  # (G,)
+        group_of = np.repeat(np.arange(len(groups)), examples)  # (B,)
+        local = np.arange(len(lens)) - bounds[:-1][group_of]  # (B,) index within its group
+        positions = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)  # (N,)
+        slots = np.repeat(local * steps[group_of], lens) + positions  # (N,)
+        row_group = np.repeat(group_of, lens)  # (N,)
+        starts = (np.cumsum(sizes) - sizes)[row_group]  # (N,)
+        arrays = (positions, lens, slots, starts, sizes[row_group])
+        return cls(*map(torch.from_numpy, arrays), groups)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Packing:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Packing:
+        return self._map(Tensor.pin_memory)
+
+    def _map(self, move: Callable[[Tensor], Tensor]) -> Packing:
+        tensors = [f.name for f in dataclasses.fields(self) if f.name != "groups"]
+        return dataclasses.replace(self, **{name: move(getattr(self, name)) for name in tensors})
+
+    @property
+    def max_steps(self) -> int:
+        return max(steps for _, steps in self.groups)
+
+    def index(self, parts: int) -> Tensor:
+        """Where `parts` feature blocks of every row go when each group's layout is repeated
+        `parts` times, block after block: (N * parts,), in row-major (row, part) order."""
+        part = torch.arange(parts, device=self.slots.device)  # (parts,)
+        rows = (parts * self.group_starts + self.slots)[:, None]  # (N, 1)
+        return (rows + part[None, :] * self.group_sizes[:, None]).flatten()
+
+    def masks(self) -> list[Tensor]:
+        """Each group's key mask, (1, examples, 1, steps) for tensors laid out heads first."""
+        out, first = [], 0
+        for examples, steps in self.groups:
+            lens = self.valid_lens[first : first + examples]
+            out.append(key_mask(lens, steps)[0].view(1, examples, 1, steps))
+            first += examples
+        return out
 
 
 class MultiHeadAttention(nn.Module):
@@ -66,12 +162,41 @@ class MultiHeadAttention(nn.Module):
             t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2)  # (B, nh, T, d)
             for t in (q, self.W_k(X), self.W_v(X))
         )
-        # Dropout acts on the attention weights, as in d2l; on CPU a nonzero dropout_p makes
-        # SDPA use its generic math kernel instead of the flash kernel.
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, d)
+        out = self._attend(q, k, v, attn_mask)  # (B, nh, T, d)
         return self.W_o(out.transpose(1, 2).reshape(B, T, H))  # heads concatenated: (B, T, H)
+
+    def forward_packed(self, X: Tensor, packing: Packing, masks: list[Tensor]) -> Tensor:
+        """X (N, H): the real positions of a batch laid out by `packing` -> (N, H).
+
+        q, k and v come from one matmul; one index_copy lays them out per group and heads first,
+        (nh, examples, T, d), so that the attention matmuls read them without copies, and one
+        index_select brings the outputs back, heads concatenated.
+        """
+        N, H = X.shape
+        nh, d = self.num_heads, H // self.num_heads
+        weight = torch.cat([self.W_q.weight, self.W_k.weight, self.W_v.weight])  # (3H, H)
+        bias = torch.cat([self.W_q.bias, self.W_k.bias, self.W_v.bias])
+        qkv = F.linear(X, weight, bias).view(N * 3 * nh, d)  # rows: (position, part)
+        sizes = [examples * steps for examples, steps in packing.groups]
+        padded = qkv.new_zeros(3 * nh * sum(sizes), d).index_copy(0, packing.index(3 * nh), qkv)
+        outs = []
+        for (examples, steps), mask, part in zip(
+            packing.groups, masks, padded.split([3 * nh * n for n in sizes]), strict=True
+        ):
+            q, k, v = part.view(3, nh, examples, steps, d)  # (nh, examples, T, d) each
+            outs.append(self._attend(q, k, v, mask).reshape(nh * examples * steps, d))
+        out = torch.cat(outs).index_select(0, packing.index(nh))  # (N * nh, d)
+        return self.W_o(out.view(N, H))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
+        """softmax(q kᵀ / sqrt(d), visible keys) v, with dropout on the weights as in d2l."""
+        p = self.dropout if self.training else 0.0
+        if p == 0.0 or q.device.type != "cpu":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        # With dropout, SDPA on CPU falls back to this same math, with the slow sampler.
+        scores = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (..., T, T)
+        weights = scores.masked_fill_(~attn_mask, float("-inf")).softmax(dim=-1)
+        return dropout(weights, p, True) @ v
 
 
 class AddNorm(nn.Module):
@@ -79,7 +204,7 @@ class AddNorm(nn.Module):
 
     def __init__(self, num_hiddens: int, dropout: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.ln = nn.LayerNorm(num_hiddens)
 
     def forward(self, X: Tensor, Y: Tensor) -> Tensor:
@@ -108,6 +233,10 @@ class TransformerEncoderBlock(nn.Module):
         Y = self.addnorm1(X, self.attention(X, attn_mask, no_keys))  # (B, T, H)
         return self.addnorm2(Y, self.ffn(Y))
 
+    def forward_packed(self, X: Tensor, packing: Packing, masks: list[Tensor]) -> Tensor:
+        Y = self.addnorm1(X, self.attention.forward_packed(X, packing, masks))  # (N, H)
+        return self.addnorm2(Y, self.ffn(Y))
+
 
 class BERTEncoder(nn.Module):
     def __init__(self, vocab_size: int, cfg: ModelConfig):
@@ -118,18 +247,33 @@ class BERTEncoder(nn.Module):
         self.pos_embedding = nn.Parameter(torch.randn(1, cfg.max_position, cfg.num_hiddens))
 
     def forward(self, tokens: Tensor, segments: Tensor, valid_lens: Tensor) -> Tensor:
-        seq_len, max_position = tokens.shape[1], self.pos_embedding.shape[1]
-        if seq_len > max_position:
-            raise UserError(
-                f"sequences of {seq_len} tokens are longer than model.max_position "
-                f"({max_position}); raise model.max_position or shorten max_len"
-            )
+        seq_len = tokens.shape[1]
+        self._check_length(seq_len)
         X = self.token_embedding(tokens) + self.segment_embedding(segments)  # (B, T, H)
         X = X + self.pos_embedding[:, :seq_len]
         attn_mask, no_keys = key_mask(valid_lens, seq_len)
         for blk in self.blks:
             X = blk(X, attn_mask, no_keys)
         return X  # (B, T, H)
+
+    def forward_packed(self, tokens: Tensor, segments: Tensor, packing: Packing) -> Tensor:
+        """tokens, segments (N,) of the real positions in `packing` -> (N, H), equal to the
+        padded forward's rows at those positions."""
+        self._check_length(packing.max_steps)
+        X = self.token_embedding(tokens) + self.segment_embedding(segments)  # (N, H)
+        X = X + self.pos_embedding[0, packing.positions]
+        masks = packing.masks()
+        for blk in self.blks:
+            X = blk.forward_packed(X, packing, masks)
+        return X  # (N, H)
+
+    def _check_length(self, seq_len: int) -> None:
+        max_position = self.pos_embedding.shape[1]
+        if seq_len > max_position:
+            raise UserError(
+                f"sequences of {seq_len} tokens are longer than model.max_position "
+                f"({max_position}); raise model.max_position or shorten max_len"
+            )
 
 
 class MaskLM(nn.Module):
