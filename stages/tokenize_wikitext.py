@@ -8,12 +8,12 @@ Params: tokenize_wikitext
 
 from __future__ import annotations
 
-import itertools
 import logging
+import os
 
 from bertpipe import artifacts, config, wikitext
 from bertpipe.cli import run, stage_parser
-from bertpipe.vocab import UNK_ID, Vocab
+from bertpipe.vocab import UNK_ID
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +23,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", required=True, help="WikiText .tokens file to read")
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.environ.get("BERTPIPE_WORKERS") or os.cpu_count() or 1,
+        help="processes that split the text (default: $BERTPIPE_WORKERS, else the CPU count: "
+        "%(default)s)",
+    )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers (or $BERTPIPE_WORKERS): expected at least 1, got {args.workers}")
     cfg = config.load(args.params, "tokenize_wikitext")
 
-    paragraphs = wikitext.read_paragraphs(args.corpus)
-    sentences = list(itertools.chain.from_iterable(paragraphs))
+    corpus, vocab = wikitext.tokenize(args.corpus, cfg.min_freq, args.workers)
     log.info(
-        "read %d paragraphs, %d sentences from %s", len(paragraphs), len(sentences), args.corpus
+        "read %d paragraphs, %d sentences from %s; vocabulary: %d tokens (min_freq %d)",
+        corpus.num_paragraphs,
+        corpus.num_sentences,
+        args.corpus,
+        len(vocab),
+        cfg.min_freq,
     )
-    vocab = Vocab.build(itertools.chain.from_iterable(sentences), cfg.min_freq)
-    log.info("vocabulary: %d tokens (min_freq %d)", len(vocab), cfg.min_freq)
-    corpus = wikitext.encode(paragraphs, vocab)
     with artifacts.atomic_dir(args.out) as tmp:
         wikitext.save(tmp, corpus, vocab)
     log.info("wrote %d token ids to %s", corpus.num_tokens, args.out)

@@ -100,6 +100,48 @@ def test_encode_offsets_and_ids():
     assert (corpus.num_paragraphs, corpus.num_sentences, corpus.num_tokens) == (3, 5, 8)
 
 
+# Lines that stress the flat tokenizer: empty and leading sentences, runs of " . ", tabs and
+# non-ASCII whitespace inside lines, letters whose lower case differs in length or context
+# (İ, final sigma), a line that is " . " only, literal specials, a private-use character.
+TRICKY = (
+    " . \n"
+    "x . . y .  . z\tw . \n"
+    " A\u00a0b . C\u2009d . \x0cé . \n"
+    " İstanbul ΟΔΟΣ ΟΔΟΣ. Σ . <unk> <cls> <pad> . \ue000 . \n"
+    "no sentence end here\n"
+    " Foo Bar . \r\n"
+    " 3 . 3 . 3 . 3 . 3 . foo foo foo . \r"
+)
+
+
+@pytest.mark.parametrize("text", [TEXT, TEXT.replace("\n", "\r\n"), TRICKY, TRICKY * 3])
+@pytest.mark.parametrize(("min_freq", "workers"), [(1, 1), (2, 1), (5, 1), (2, 3)])
+def test_tokenize_equals_read_encode(tmp_path, text, min_freq, workers):
+    path = tmp_path / "wiki.tokens"
+    path.write_bytes(text.encode("utf-8"))
+    paragraphs = wikitext.read_paragraphs(path)
+    expected_vocab = Vocab.build((t for p in paragraphs for s in p for t in s), min_freq)
+    expected = wikitext.encode(paragraphs, expected_vocab)
+    corpus, vocab = wikitext.tokenize(path, min_freq, workers)
+    assert vocab.tokens == expected_vocab.tokens and vocab.sha1 == expected_vocab.sha1
+    for name in wikitext.ARRAYS:
+        ours, theirs = getattr(corpus, name), getattr(expected, name)
+        assert ours.dtype == theirs.dtype and ours.tolist() == theirs.tolist(), name
+    assert corpus.meta() == expected.meta()
+
+
+def test_tokenize_errors_are_those_of_read_paragraphs(tmp_path):
+    cases = [(b" = Heading = \n", "no line contains"), (b"", "no line contains"),
+             (b"a . \xe9\n", "UTF-8")]  # fmt: skip
+    for content, complaint in cases:
+        path = tmp_path / "wiki.tokens"
+        path.write_bytes(content)
+        with pytest.raises(UserError, match=complaint):
+            wikitext.tokenize(path, 1, workers=2)
+    with pytest.raises(UserError, match="no such file"):
+        wikitext.tokenize(tmp_path / "missing.tokens", 1)
+
+
 def make_folder(tmp_path: Path) -> Path:
     paragraphs = [[["x", "y", "x"], ["y", "z"]], [["z", "z", "x"]]]
     vocab = Vocab.build(["x", "y", "z", "x", "y", "z", "z"], min_freq=1)

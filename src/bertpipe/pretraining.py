@@ -60,22 +60,32 @@ def nsp_pairs(
 def pack_pairs(
     corpus: Corpus, a: np.ndarray, b: np.ndarray, max_len: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`<cls> a <sep> b <sep> <pad>...` as (N, L) int64 ids, (N, L) segments, (N,) lengths."""
+    """`<cls> a <sep> b <sep> <pad>...` as (N, L) ids (id dtype), (N, L) segments, (N,) lengths.
+
+    Only the real tokens are gathered (ragged index arrays, no (N, L) int64 temporaries): on a
+    fresh process the page faults of big temporaries cost more than the arithmetic.
+    """
     s = corpus.sentence_offsets
-    len_a, len_b = (s[a + 1] - s[a])[:, None], (s[b + 1] - s[b])[:, None]  # (N, 1)
-    valid_lens = (len_a + len_b + 3)[:, 0]  # (N,)
-    col = np.arange(max_len)[None, :]  # (1, L)
-    in_a = (col >= 1) & (col <= len_a)  # (N, L)
-    in_b = (col >= len_a + 2) & (col < len_a + len_b + 2)
-    source = np.where(in_a, s[a][:, None] + col - 1, s[b][:, None] + col - len_a - 2)
-    source = np.where(in_a | in_b, source, 0)  # keep gathers in range; overwritten below
-    tokens = np.where(in_a | in_b, corpus.token_ids[source], PAD_ID).astype(np.int64)
-    rows = np.arange(len(a))
-    tokens[:, 0] = CLS_ID
-    tokens[rows, len_a[:, 0] + 1] = SEP_ID
-    tokens[rows, valid_lens - 1] = SEP_ID
-    segments = (col >= len_a + 2) & (col < valid_lens[:, None])  # b and its <sep>
-    return tokens, segments.astype(np.uint8), valid_lens
+    n = len(a)
+    len_a, len_b = s[a + 1] - s[a], s[b + 1] - s[b]  # (N,)
+    valid_lens = len_a + len_b + 3  # (N,)
+    tokens = np.full((n, max_len), PAD_ID, dtype=corpus.token_ids.dtype)
+    flat = tokens.reshape(-1)
+    row_start = np.arange(n) * max_len  # (N,) flat index of each row's position 0
+    flat[row_start] = CLS_ID
+    flat[_ranges(row_start + 1, len_a)] = corpus.token_ids[_ranges(s[a], len_a)]
+    flat[row_start + len_a + 1] = SEP_ID
+    flat[_ranges(row_start + len_a + 2, len_b)] = corpus.token_ids[_ranges(s[b], len_b)]
+    flat[row_start + valid_lens - 1] = SEP_ID
+    col = np.arange(max_len, dtype=np.int16)[None, :]  # (1, L)
+    segments = (col >= (len_a + 2)[:, None]) & (col < valid_lens[:, None])  # b and its <sep>
+    return tokens, segments.view(np.uint8), valid_lens
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of range(s, s + n) for each (s, n)."""
+    offsets = np.cumsum(lengths) - lengths  # where each range starts in the result
+    return np.repeat(starts - offsets, lengths) + np.arange(lengths.sum())
 
 
 def mask_tokens(
@@ -86,15 +96,17 @@ def mask_tokens(
     num_slots: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """MLM-corrupt (N, L) `tokens`; returns new tokens and (N, P) positions, labels, weights."""
+    """MLM-corrupt (N, L) `tokens` in place; returns them and (N, P) positions, labels, weights."""
     n, max_len = tokens.shape
     rows = np.arange(n)[:, None]  # (N, 1)
     candidate = np.arange(max_len) < valid_lens[:, None]  # (N, L)
     candidate &= (tokens != CLS_ID) & (tokens != SEP_ID)
     wanted = np.minimum(num_mlm_preds(valid_lens, mask_rate), candidate.sum(axis=1))  # (N,)
     # The num_preds smallest random keys among candidates are a uniform random subset of them.
-    keys = np.where(candidate, rng.random((n, max_len)), 2.0)
+    keys = rng.random((n, max_len))
+    keys[~candidate] = 2.0
     chosen = np.argsort(keys, axis=1)[:, :num_slots]  # (N, P)
+    del keys, candidate
     used = np.arange(num_slots) < wanted[:, None]  # (N, P) real slots come first
     positions = np.sort(np.where(used, chosen, max_len), axis=1)  # unused sort to the end
     positions = np.where(used, positions, 0)
@@ -102,9 +114,9 @@ def mask_tokens(
     draw = rng.random((n, num_slots))
     random_ids = rng.integers(0, vocab_size, (n, num_slots))
     replacement = np.select([draw < MASK_BELOW, draw < KEEP_BELOW], [MASK_ID, labels], random_ids)
-    corrupted = tokens.copy()
-    corrupted[np.broadcast_to(rows, used.shape)[used], positions[used]] = replacement[used]
-    return corrupted, positions, labels, used.astype(np.uint8)
+    flat = (rows * max_len + positions)[used]  # (real slots,) flat positions in tokens
+    tokens.reshape(-1)[flat] = replacement[used]
+    return tokens, positions, labels, used.astype(np.uint8)
 
 
 def make_examples(corpus: Corpus, cfg: MakeExamplesConfig) -> dict[str, np.ndarray]:
@@ -123,7 +135,7 @@ def make_examples(corpus: Corpus, cfg: MakeExamplesConfig) -> dict[str, np.ndarr
     )
     ids = artifacts.id_dtype(corpus.vocab_size)
     return {
-        "token_ids": tokens.astype(ids),  # (N, L)
+        "token_ids": tokens.astype(ids, copy=False),  # (N, L)
         "segments": segments,  # (N, L) uint8
         "valid_lens": valid_lens.astype(np.int16),  # (N,)
         "pred_positions": positions.astype(np.int16),  # (N, P)

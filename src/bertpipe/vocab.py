@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,11 @@ class Vocab:
     @classmethod
     def build(cls, tokens: Iterable[str], min_freq: int) -> Vocab:
         """Count `tokens` (flat: e.g. every sentence chained); keep those seen >= min_freq times."""
-        counts = collections.Counter(tokens)
+        return cls.from_counts(collections.Counter(tokens), min_freq)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], min_freq: int) -> Vocab:
+        """The vocabulary of tokens counted `counts[token]` times; see `build`."""
         kept = [t for t, c in counts.items() if c >= min_freq and t not in SPECIALS]
         kept.sort(key=lambda t: (-counts[t], t))
         return cls([*SPECIALS, *kept])
