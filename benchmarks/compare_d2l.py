@@ -1,0 +1,276 @@
+"""Time every stage's work against d2l's own implementation, side by side, on the same data.
+
+    python benchmarks/compare_d2l.py [--shared ../shared/data] [--wiki-repeat 5]
+        [--snli-pairs 100000] [--steps 5] [--repeats 2] [--json OUT]
+        [--wiki FILE] [--snli-file FILE]      (real files instead of the repeated ones)
+
+Data: WikiText = (wiki.valid.tokens + wiki.test.tokens) x --wiki-repeat (5: about the size of
+the real training file); SNLI = the rows of snli_1.0_dev.txt cycled to --snli-pairs rows. Both
+are written once into a temporary folder; --wiki / --snli-file use given files instead.
+
+Every measurement runs in a fresh process (so peak RSS belongs to one side), ours through
+`ours.py` (the package functions the stages call) and d2l's through
+`shared/bench/d2l_reference.py` (the published `d2l` package), with the same thread count,
+alternating which side goes first; each figure is the best of --repeats runs. Before dividing,
+the script checks that both sides did the same work (example and pair counts, vocabulary
+size, steps, batch size) and stops if not. MFU: useful model FLOP/s of our pretraining step
+(see ours.useful_flops) over the best fp32 2048^3 matmul FLOP/s measured in the same run.
+Waits (up to --wait-max seconds) for the 1-minute load average to fall below --quiet first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import real_data  # a sibling script: Python puts this folder first on sys.path
+
+HERE = Path(__file__).resolve().parent
+# This process starts every measurement, so it stays small (no torch): on Linux a child's peak
+# RSS (getrusage) starts from its parent's at the moment it was started.
+EXAMPLE_TOLERANCE = 0.03  # example counts differ only by which random sentences NSP drew
+
+
+def load1() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def wait_quiet(threshold: float, wait_max: float) -> float:
+    """Wait until the 1-minute load average is below `threshold` (or `wait_max` passed)."""
+    start = time.monotonic()
+    while (load := load1()) >= threshold and time.monotonic() - start < wait_max:
+        print(f"  load {load:.2f} >= {threshold}: waiting", file=sys.stderr, flush=True)
+        time.sleep(20)
+    return load
+
+
+def run_json(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run one measurement in a fresh process; its last stdout line is the JSON result."""
+    load = load1()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load_before"] = load
+    return result
+
+
+def prepare_data(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
+    """The WikiText and SNLI files both sides read."""
+    wiki, snli = args.wiki, args.snli_file
+    if wiki is None:
+        wiki = tmp / "wiki.train.tokens"
+        wiki.write_bytes(real_data.wiki_members(args.shared, args.wiki_repeat)[wiki.name])
+    if snli is None:
+        header, *rows = (
+            (args.shared / "snli_1.0" / "snli_1.0_dev.txt").read_bytes().splitlines(True)
+        )
+        cycled = [rows[i % len(rows)] for i in range(args.snli_pairs)]
+        snli = tmp / "snli_1.0_train.txt"
+        snli.write_bytes(header + b"".join(cycled))
+    return wiki, snli
+
+
+def best(runs: list[dict], key: str, higher: bool) -> dict:
+    return (max if higher else min)(runs, key=lambda r: r[key])
+
+
+def same(what: str, ours: object, theirs: object) -> None:
+    if ours != theirs:
+        sys.exit(f"not the same work: {what}: ours {ours}, d2l {theirs}")
+
+
+def measure(args: argparse.Namespace, wiki: Path, snli: Path, tmp: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    py, ours, d2l = (
+        sys.executable,
+        [sys.executable, str(HERE / "ours.py")],
+        [sys.executable, str(args.d2l)],
+    )
+    steps = ["--steps", str(args.steps)]
+    vocab = tmp / "vocab.json"
+    run_json([*ours, "vocab", "--wiki", str(wiki), "--out", str(vocab)], env)
+    jobs = {
+        "examples": (
+            [*ours, "examples", "--wiki", str(wiki)],
+            [[*d2l, "examples", "--wiki", str(wiki)]],
+        ),
+        "snli": (
+            [*ours, "snli", "--snli-file", str(snli), "--vocab", str(vocab)],
+            # with d2l's vocabulary of our WikiText (its script builds the whole pretraining
+            # dataset for it: that memory is not SNLI's), and with its 3-token vocabulary
+            # (SNLI's work alone); the better figure of the two counts
+            [[*d2l, "snli", "--snli-file", str(snli), "--vocab-from", str(wiki)],
+             [*d2l, "snli", "--snli-file", str(snli)]],
+        ),
+        "pretrain": (
+            [*ours, "pretrain", "--wiki", str(wiki), *steps, "--compile", args.compile],
+            [[*d2l, "pretrain", "--wiki", str(wiki), *steps]],
+        ),
+        "finetune": (
+            [*ours, "finetune", "--wiki", str(wiki), "--snli-file", str(snli), *steps,
+             "--compile", args.compile],
+            [[*d2l, "finetune", "--wiki", str(wiki), "--snli-file", str(snli), *steps]],
+        ),
+    }  # fmt: skip
+    matmul = [py, str(HERE / "ours.py"), "matmul"]
+    results: dict = {"ours": {}, "d2l": {}, "matmul": [run_json(matmul, env)]}
+    for name in args.only or list(jobs):
+        ours_cmd, d2l_cmds = jobs[name]
+        mine, theirs = [], []
+        for r in range(args.repeats):
+            print(f"{name}: run {r + 1}/{args.repeats} (load {load1():.2f})", file=sys.stderr)
+            order = [("ours", ours_cmd)] + [("d2l", c) for c in d2l_cmds]
+            for side, cmd in order if r % 2 == 0 else order[::-1]:
+                (mine if side == "ours" else theirs).append(run_json(cmd, env))
+            if name == "pretrain":
+                results["matmul"].append(run_json(matmul, env))
+        results["ours"][name], results["d2l"][name] = mine, theirs
+    return results
+
+
+def table(results: dict) -> tuple[list[dict], dict]:
+    """Rows (figure, ours, d2l, ratio, target, met) after checking both sides' work."""
+    ours, d2l, rows = results["ours"], results["d2l"], []
+
+    def row(figure: str, mine: float, theirs: float | None, ratio: float, target: str, met: bool,
+            ours_rss: float | None = None, d2l_rss: float | None = None) -> None:  # fmt: skip
+        rows.append({"figure": figure, "ours": mine, "d2l": theirs, "ratio": round(ratio, 2),
+                     "target": target, "met": met, "ours_peak_rss_mb": ours_rss,
+                     "d2l_peak_rss_mb": d2l_rss})  # fmt: skip
+
+    checks = {}
+    if "examples" in ours:
+        o, d = best(ours["examples"], "seconds", False), best(d2l["examples"], "seconds", False)
+        same("vocabulary size", o["vocab_size"], d["vocab_size"])
+        gap = abs(o["examples"] - d["examples"]) / d["examples"]
+        if gap > EXAMPLE_TOLERANCE:
+            sys.exit(f"not the same work: examples: ours {o['examples']}, d2l {d['examples']}")
+        checks["examples"] = {"ours": o["examples"], "d2l": d["examples"], "vocab": o["vocab_size"]}
+        r = d["seconds"] / o["seconds"]
+        row("pretraining examples: seconds", o["seconds"], d["seconds"], r, ">= 10x faster",
+            r >= 10, o["peak_rss_mb"], d["peak_rss_mb"])  # fmt: skip
+    if "snli" in ours:
+        o, d = best(ours["snli"], "seconds", False), best(d2l["snli"], "seconds", False)
+        for run in d2l["snli"]:
+            same("SNLI pairs", o["pairs"], run["pairs"])
+        checks["snli_pairs"] = o["pairs"]
+        rss_o = min(x["peak_rss_mb"] for x in ours["snli"])
+        rss_d = min(x["peak_rss_mb"] for x in d2l["snli"])
+        r = d["seconds"] / o["seconds"]
+        row("SNLI tensors: seconds", o["seconds"], d["seconds"], r, ">= 5x faster", r >= 5)
+        r = o["tensor_mb"] / d["tensor_mb"]
+        row("SNLI tensors: MB", o["tensor_mb"], d["tensor_mb"], r, "<= 1/8", r <= 1 / 8)
+        r = rss_o / rss_d
+        row("SNLI tensors: peak RSS MB", rss_o, rss_d, r, "<= 1/2", r <= 1 / 2)
+    if "pretrain" in ours:
+        o = best(ours["pretrain"], "pairs_per_sec", True)
+        d = best(d2l["pretrain"], "pairs_per_sec", True)
+        for a, b in zip(ours["pretrain"], d2l["pretrain"], strict=True):
+            same("pretraining steps", a["steps"], b["steps"])
+            same("pretraining batch size", a["batch_size"], b["batch_size"])
+            same("threads", a["threads"], b["threads"])
+        r = o["pairs_per_sec"] / d["pairs_per_sec"]
+        row("pretraining step: sentence pairs/s", o["pairs_per_sec"], d["pairs_per_sec"], r,
+            ">= 1.5x", r >= 1.5, o["peak_rss_mb"], d["peak_rss_mb"])  # fmt: skip
+        peak = max(m["flops_per_sec"] for m in results["matmul"])
+        mfu = o["useful_flops_per_sec"] / peak
+        # d2l's useful FLOPs per pair are ours (same model, same examples, same statistics)
+        d2l_mfu = mfu * d["pairs_per_sec"] / o["pairs_per_sec"]
+        row("pretraining MFU: useful FLOP/s / fp32 matmul FLOP/s (d2l's: estimate)", round(mfu, 3),
+            round(d2l_mfu, 3), mfu / d2l_mfu, ">= 50%", mfu >= 0.5)  # fmt: skip
+        checks["matmul_flops_per_sec"] = peak
+    if "finetune" in ours:
+        o = best(ours["finetune"], "examples_per_sec", True)
+        d = best(d2l["finetune"], "examples_per_sec", True)
+        for a, b in zip(ours["finetune"], d2l["finetune"], strict=True):
+            same("fine-tuning steps", a["steps"], b["steps"])
+            same("fine-tuning batch size", a["batch_size"], b["batch_size"])
+            same("threads", a["threads"], b["threads"])
+        r = o["examples_per_sec"] / d["examples_per_sec"]
+        row("fine-tuning step: examples/s", o["examples_per_sec"], d["examples_per_sec"], r,
+            ">= 6x", r >= 6, o["peak_rss_mb"], d["peak_rss_mb"])  # fmt: skip
+    return rows, checks
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| figure | ours | d2l | ratio | target | met? | peak RSS MB ours / d2l |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        rss = (
+            ""
+            if r["ours_peak_rss_mb"] is None
+            else f"{r['ours_peak_rss_mb']} / {r['d2l_peak_rss_mb']}"
+        )
+        lines.append(f"| {r['figure']} | {r['ours']} | {r['d2l']} | {r['ratio']} | {r['target']} "
+                     f"| {'yes' if r['met'] else 'NO'} | {rss} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def machine(threads: int, matmul: dict) -> dict:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    return {
+        "cpu": names[0] if names else platform.processor() or "unknown",
+        "nproc": os.cpu_count(),
+        "threads": threads,
+        "torch": matmul.get("torch"),
+        "cpu_capability": matmul.get("cpu_capability"),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--d2l", type=Path, help="d2l_reference.py (default: <shared>/../bench/)")
+    parser.add_argument("--wiki-repeat", type=int, default=5)
+    parser.add_argument("--snli-pairs", type=int, default=100_000, help="SNLI rows to cycle to")
+    parser.add_argument("--wiki", type=Path, help="a WikiText .tokens file to use as it is")
+    parser.add_argument("--snli-file", type=Path, help="an SNLI .txt file to use as it is")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per side")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per side (best counts)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch/OMP threads")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--only", nargs="+", choices=["examples", "snli", "pretrain", "finetune"])
+    parser.add_argument("--quiet", type=float, default=0.7, help="load average to wait for")
+    parser.add_argument("--wait-max", type=float, default=600, help="seconds to wait at most")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    args = parser.parse_args(argv)
+    args.d2l = args.d2l or args.shared.resolve().parent / "bench" / "d2l_reference.py"
+    load_start = wait_quiet(args.quiet, args.wait_max)
+    with tempfile.TemporaryDirectory(prefix="bertpipe-bench-") as tmp:
+        wiki, snli = prepare_data(args, Path(tmp))
+        results = measure(args, wiki, snli, Path(tmp))
+    rows, checks = table(results)
+    info = machine(args.threads, (results["matmul"] or [{}])[0]) | {
+        "load_start": load_start,
+        "load_end": load1(),
+        "wiki": str(args.wiki or f"valid+test x {args.wiki_repeat}"),
+        "snli": str(args.snli_file or f"dev rows cycled to {args.snli_pairs}"),
+        "steps": args.steps,
+        "repeats": args.repeats,
+    }
+    print(json.dumps(info))
+    print(json.dumps(checks))
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "checks": checks, "rows": rows,
+                                         "runs": results}, indent=2) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

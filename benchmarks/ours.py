@@ -1,0 +1,275 @@
+"""Our side of `compare_d2l.py`: the package functions the stages call, timed on given files.
+
+Each sub-command mirrors one of `shared/bench/d2l_reference.py` and prints one JSON line
+(figures) on stdout; logs go to stderr. Run by `compare_d2l.py` in a fresh process per
+measurement, so `peak_rss_mb` is this side's alone.
+
+  ours.py vocab    --wiki FILE --out vocab.json          (untimed set-up for `snli`)
+  ours.py examples --wiki FILE                           tokenize_wikitext + make_examples
+  ours.py snli     --snli-file FILE --vocab vocab.json   make_snli's work on one split
+  ours.py pretrain --wiki FILE [--steps 5]               pretrain's step (training.pretrain)
+  ours.py finetune --snli-file FILE --wiki FILE [--steps 5]   finetune's step
+  ours.py matmul                                         fp32 matmul FLOP/s (the MFU yardstick)
+
+Model and optimiser settings are d2l's (params.yaml defaults): 2 blocks, 128 hidden, 2 heads,
+FFN 256, dropout 0.2, max_len 64 / 128, batch 512, Adam lr 0.01 / 1e-4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bertpipe import artifacts, config, pretraining, snli, wikitext
+from bertpipe.vocab import Vocab
+
+# torch (and the modules that import it) is imported only by the training commands, as only
+# the training stages import it: the data stages' peak memory does not include it.
+
+MODEL = config.ModelConfig(
+    num_hiddens=128, ffn_num_hiddens=256, num_heads=2, num_blks=2, dropout=0.2, max_position=1000
+)
+EXAMPLES = config.MakeExamplesConfig(max_len=64, mask_rate=0.15, next_sentence_prob=0.5, seed=0)
+SNLI_MAX_LEN = 128
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process or its largest child (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, kids) / 1024, 1)
+
+
+WORKERS = os.cpu_count() or 1  # the data stages' default
+
+
+def tokenize(path: Path, workers: int = WORKERS) -> tuple[wikitext.Corpus, Vocab]:
+    """What the tokenize_wikitext stage computes: d2l's reading rules, vocabulary, ids."""
+    return wikitext.tokenize(path, 5, workers)
+
+
+def examples(path: Path, workers: int = WORKERS) -> tuple[dict[str, np.ndarray], Vocab, int]:
+    """make_examples' arrays, the vocabulary and the number of corpus tokens."""
+    corpus, vocab = tokenize(path, workers)
+    return pretraining.make_examples(corpus, EXAMPLES), vocab, corpus.num_tokens
+
+
+def encoder_for(vocab: Vocab, max_len: int = SNLI_MAX_LEN) -> snli.PairEncoder:
+    """The make_snli stage's encoder for `vocab`."""
+    return snli.PairEncoder(
+        token_to_id={t: i for i, t in enumerate(vocab.tokens)},
+        max_len=max_len,
+        dtype=artifacts.id_dtype(len(vocab)),
+        unk_id=vocab["<unk>"],
+        cls_id=vocab["<cls>"],
+        sep_id=vocab["<sep>"],
+    )
+
+
+def snli_arrays(path: Path, vocab: Vocab, workers: int) -> dict[str, np.ndarray]:
+    """make_snli's arrays for one split file."""
+    pairs = snli.read_snli(path)
+    encoded = snli.encode_pairs(encoder_for(vocab), pairs.premises, pairs.hypotheses, workers)
+    return {**encoded.arrays(), "labels": pairs.labels}
+
+
+def cmd_vocab(args: argparse.Namespace) -> dict:
+    _, vocab = tokenize(args.wiki)
+    vocab.save(args.out)
+    return {"what": "ours vocab", "vocab_size": len(vocab)}
+
+
+def cmd_examples(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    ex, vocab, tokens = examples(args.wiki, args.workers)
+    seconds = time.perf_counter() - start
+    return {
+        "what": "ours examples",
+        "seconds": round(seconds, 3),
+        "workers": args.workers,
+        "tokens": tokens,
+        "examples": len(ex["nsp_labels"]),
+        "vocab_size": len(vocab),
+        "array_mb": round(sum(a.nbytes for a in ex.values()) / 2**20, 2),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def cmd_snli(args: argparse.Namespace) -> dict:
+    vocab = Vocab.load(args.vocab)  # as the stage does: the vocabulary is an input
+    start = time.perf_counter()
+    arrays = snli_arrays(args.snli_file, vocab, args.workers)
+    seconds = time.perf_counter() - start
+    return {
+        "what": "ours snli arrays",
+        "seconds": round(seconds, 3),
+        "pairs": len(arrays["labels"]),
+        "workers": args.workers,
+        "tensor_mb": round(sum(a.nbytes for a in arrays.values()) / 2**20, 2),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def useful_flops(valid_lens: np.ndarray, slots: np.ndarray, vocab_size: int) -> float:
+    """Model FLOPs of one training step (forward + backward = 3 x forward) on real work only.
+
+    Per example with L real tokens: per block the q/k/v/o projections (4 * 2LH^2), attention
+    scores and weighted values over the L real keys (2 * 2L^2 H) and the FFN (2 * 2LHF); the
+    <cls> pooler (2H^2) and NSP output (2 * 2H); per real prediction slot the MLM head (2H^2 +
+    2HV). Embedding lookups, norms, softmax and the optimiser are not counted.
+    """
+    H, F = MODEL.num_hiddens, MODEL.ffn_num_hiddens
+    L = valid_lens.astype(np.float64)
+    per_block = 8 * L * H * H + 4 * L * L * H + 4 * L * H * F
+    forward = MODEL.num_blks * per_block.sum() + len(L) * (2 * H * H + 4 * H)
+    forward += float(slots.sum()) * (2 * H * H + 2 * H * vocab_size)
+    return 3.0 * forward
+
+
+def cmd_pretrain(args: argparse.Namespace) -> dict:
+    import torch
+
+    from bertpipe import training
+    from bertpipe.model import BERTModel
+
+    ex, vocab, _ = examples(args.wiki)
+    cfg = config.PretrainConfig(batch_size=args.batch_size, lr=0.01, num_steps=args.steps + 1,
+                                seed=args.seed)  # fmt: skip
+    # training.pretrain draws its plan from this seeded generator first: the same batches
+    plan = training.pretraining_plan(
+        len(ex["nsp_labels"]),
+        cfg.batch_size,
+        cfg.num_steps,
+        torch.Generator().manual_seed(cfg.seed),
+    )
+    timed = np.concatenate(plan[1:])  # the first step is not timed
+    flops = useful_flops(ex["valid_lens"][timed], ex["mlm_weights"][timed], len(vocab))
+    with training.runtime("cpu", args.workers, args.compile, distributed=False) as rt:
+        torch.manual_seed(args.seed)
+        model = BERTModel(len(vocab), MODEL)
+        metrics = training.pretrain(model, ex, cfg, rt)
+    return {
+        "what": "ours pretrain",
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "pairs_per_sec": metrics["pairs_per_sec"],
+        "useful_flops_per_sec": round(flops / metrics["train_seconds"], 1),
+        "train_seconds": metrics["train_seconds"],
+        "threads": torch.get_num_threads(),
+        "compile": rt.compile,
+        "mean_valid_len": round(float(ex["valid_lens"][timed].mean()), 2),
+        "last_mlm_loss": metrics["mlm_loss_last"],
+        "last_nsp_loss": metrics["nsp_loss_last"],
+        "examples": len(ex["nsp_labels"]),
+        "vocab_size": len(vocab),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def cmd_finetune(args: argparse.Namespace) -> dict:
+    import torch
+
+    from bertpipe import training
+    from bertpipe.model import BERTClassifier, BERTModel
+
+    _, vocab = tokenize(args.wiki)
+    data = snli_arrays(args.snli_file, vocab, 1)
+    with training.runtime("cpu", args.workers, args.compile, distributed=False) as rt:
+        torch.manual_seed(args.seed)
+        model = BERTClassifier(BERTModel(len(vocab), MODEL), num_classes=3)
+        net, opt = training.prepare(model, rt), training.adam(model, 1e-4, rt)
+        model.train()
+        # the first steps of finetune's first epoch: length-bucketed, bucket order shuffled
+        gen = torch.Generator().manual_seed(args.seed)
+        plan = training.length_buckets(training.snli_lengths(data), args.batch_size, gen)
+        plan = plan[: args.steps + 1]
+        speed = training.Throughput(rt)
+        curves = training.FINETUNE_CURVES
+        stats = training._run_steps(
+            training._finetune_step, net, opt, data, plan, training.collate_snli, rt, None,
+            curves, 0, speed, "finetune",
+        )  # fmt: skip
+        speed.stop()
+    lengths = np.concatenate([training.snli_lengths(data)[b] for b in plan[1:]])
+    padded = sum(len(b) * int(training.snli_lengths(data)[b].max()) for b in plan[1:])
+    return {
+        "what": "ours finetune",
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "examples_per_sec": speed.rate(),
+        "threads": torch.get_num_threads(),
+        "compile": rt.compile,
+        "padding_share": round(1 - lengths.sum() / padded, 3),
+        "last_loss": round(float(stats[-1, 0]), 3),
+        "pairs": len(data["labels"]),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def cmd_matmul(args: argparse.Namespace) -> dict:
+    """Best of `repeats` fp32 n x n x n matmuls: the machine's practical matmul peak."""
+    import torch
+
+    n = args.size
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return {
+        "what": "fp32 matmul",
+        "size": n,
+        "flops_per_sec": round(2 * n**3 / best, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("vocab")
+    p.add_argument("--wiki", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("examples")
+    p.add_argument("--wiki", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=WORKERS)
+    p = sub.add_parser("snli")
+    p.add_argument("--snli-file", type=Path, required=True)
+    p.add_argument("--vocab", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=WORKERS)
+    for name in ("pretrain", "finetune"):
+        p = sub.add_parser(name)
+        p.add_argument("--wiki", type=Path, required=True)
+        if name == "finetune":
+            p.add_argument("--snli-file", type=Path, required=True)
+        p.add_argument("--steps", type=int, default=5)
+        p.add_argument("--batch-size", type=int, default=512)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--workers", type=int, default=0, help="data-loading workers")
+        p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    p = sub.add_parser("matmul")
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    command = globals()[f"cmd_{args.cmd}"]
+    print(json.dumps(command(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
