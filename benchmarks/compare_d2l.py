@@ -88,6 +88,14 @@ def same(what: str, ours: object, theirs: object) -> None:
         sys.exit(f"not the same work: {what}: ours {ours}, d2l {theirs}")
 
 
+def same_steps(label: str, ours: list[dict], theirs: list[dict]) -> None:
+    """Both sides timed the same number of steps of the same batch size on as many threads."""
+    for a, b in zip(ours, theirs, strict=True):
+        same(f"{label} steps", a["steps"], b["steps"])
+        same(f"{label} batch size", a["batch_size"], b["batch_size"])
+        same("threads", a["threads"], b["threads"])
+
+
 def measure(args: argparse.Namespace, wiki: Path, snli: Path, tmp: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
@@ -175,10 +183,7 @@ def table(results: dict) -> tuple[list[dict], dict]:
     if "pretrain" in ours:
         o = best(ours["pretrain"], "pairs_per_sec", True)
         d = best(d2l["pretrain"], "pairs_per_sec", True)
-        for a, b in zip(ours["pretrain"], d2l["pretrain"], strict=True):
-            same("pretraining steps", a["steps"], b["steps"])
-            same("pretraining batch size", a["batch_size"], b["batch_size"])
-            same("threads", a["threads"], b["threads"])
+        same_steps("pretraining", ours["pretrain"], d2l["pretrain"])
         r = o["pairs_per_sec"] / d["pairs_per_sec"]
         row("pretraining step: sentence pairs/s", o["pairs_per_sec"], d["pairs_per_sec"], r,
             ">= 1.5x", r >= 1.5, o["peak_rss_mb"], d["peak_rss_mb"])  # fmt: skip
@@ -192,10 +197,7 @@ def table(results: dict) -> tuple[list[dict], dict]:
     if "finetune" in ours:
         o = best(ours["finetune"], "examples_per_sec", True)
         d = best(d2l["finetune"], "examples_per_sec", True)
-        for a, b in zip(ours["finetune"], d2l["finetune"], strict=True):
-            same("fine-tuning steps", a["steps"], b["steps"])
-            same("fine-tuning batch size", a["batch_size"], b["batch_size"])
-            same("threads", a["threads"], b["threads"])
+        same_steps("fine-tuning", ours["finetune"], d2l["finetune"])
         r = o["examples_per_sec"] / d["examples_per_sec"]
         row("fine-tuning step: examples/s", o["examples_per_sec"], d["examples_per_sec"], r,
             ">= 6x", r >= 6, o["peak_rss_mb"], d["peak_rss_mb"])  # fmt: skip

@@ -75,30 +75,40 @@ def write_examples(folder: Path, n: int = 384, max_len: int = 20, seed: int = 0)
     return folder
 
 
+def snli_arrays(pairs: list[tuple[list[int], list[int]]], labels: np.ndarray) -> dict:
+    """make_snli's arrays for (premise ids, hypothesis ids) pairs: `<cls> p <sep> h <sep>`."""
+    ids, offsets, starts = [], [0], []
+    for p, h in pairs:
+        ids += [3, *p, 4, *h, 4]
+        offsets.append(len(ids))
+        starts.append(len(p) + 2)
+    return {
+        "token_ids": np.asarray(ids, np.uint16),
+        "offsets": np.asarray(offsets, np.int64),
+        "segment_starts": np.asarray(starts, np.int16),
+        "labels": labels,
+    }
+
+
 def write_snli(folder: Path, sizes: dict[str, int], max_len: int = 24, sha: str = SHA) -> Path:
     """A learnable make_snli folder: the label is which of three marker ids opens the hypothesis."""
     rng = np.random.default_rng(1)
     for split, n in sizes.items():
-        ids, offsets, seg_starts = [], [0], []
         labels = rng.integers(0, 3, n).astype(np.uint8)
-        for label in labels:
-            premise = rng.choice(CONTENT[3:], size=int(rng.integers(2, 9))).tolist()
-            hypothesis = [5 + int(label), *rng.choice(CONTENT[3:], size=int(rng.integers(1, 6)))]
-            ids += [3, *premise, 4, *hypothesis, 4]
-            offsets.append(len(ids))
-            seg_starts.append(len(premise) + 2)
-        arrays = {
-            "token_ids": np.asarray(ids, np.uint16),
-            "offsets": np.asarray(offsets, np.int64),
-            "segment_starts": np.asarray(seg_starts, np.int16),
-            "labels": labels,
-        }
+        pairs = [
+            (
+                rng.choice(CONTENT[3:], size=int(rng.integers(2, 9))).tolist(),
+                [5 + int(label), *rng.choice(CONTENT[3:], size=int(rng.integers(1, 6)))],
+            )
+            for label in labels
+        ]
+        arrays = snli_arrays(pairs, labels)
         (folder / split).mkdir(parents=True)
         artifacts.save_arrays(folder / split, arrays)
         counts = {name: int((labels == k).sum()) for k, name in enumerate(LABELS)}
         artifacts.write_json(folder / split / "meta.json", {
             "num_pairs": n, "dropped_no_label": 0, "truncated": 0, "label_counts": counts,
-            "max_valid_len": int(np.diff(offsets).max()),
+            "max_valid_len": int(np.diff(arrays["offsets"]).max()),
         })  # fmt: skip
     artifacts.write_json(folder / "meta.json", {
         "vocab_size": VOCAB, "vocab_sha1": sha, "max_len": max_len, "splits": list(sizes),
@@ -232,17 +242,7 @@ def test_collate_examples_packs_real_positions_in_order_of_length(tmp_path):
 
 def test_collate_snli_builds_cls_p_sep_h_sep_with_segments_and_padding(tmp_path):
     pairs = [([7, 8, 9], [10, 11]), ([12], [13, 14, 15, 16]), ([17, 18], [19])]
-    ids, offsets, starts = [], [0], []
-    for p, h in pairs:
-        ids += [3, *p, 4, *h, 4]
-        offsets.append(len(ids))
-        starts.append(len(p) + 2)
-    snli = {
-        "token_ids": np.asarray(ids, np.uint16),
-        "offsets": np.asarray(offsets, np.int64),
-        "segment_starts": np.asarray(starts, np.int16),
-        "labels": np.array([2, 0, 1], np.uint8),
-    }
+    snli = snli_arrays(pairs, np.array([2, 0, 1], np.uint8))
     b = training.collate_snli(snli, np.array([2, 0]))
     assert b["tokens"].tolist() == [[3, 17, 18, 4, 19, 4, 1, 1], [3, 7, 8, 9, 4, 10, 11, 4]]
     assert b["segments"].tolist() == [[0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1, 1, 1]]

@@ -46,6 +46,11 @@ def load_stage():
     return module
 
 
+def run_stage(stage, params: Path, corpus: Path, out: Path, metrics: Path) -> None:
+    args = ["--params", params, "--corpus", corpus, "--out", out, "--metrics", metrics]
+    stage.main([str(a) for a in args])
+
+
 def test_split_paragraph_rules():
     assert wikitext.split_paragraph(" = = Title = = \n") is None
     assert wikitext.split_paragraph(" \n") is None
@@ -203,18 +208,7 @@ def test_stage_end_to_end_is_deterministic(tmp_path):
     outputs = []
     for run in ("one", "two"):
         out, metrics = tmp_path / run, tmp_path / f"{run}.json"
-        stage.main(
-            [
-                "--params",
-                str(params),
-                "--corpus",
-                str(corpus),
-                "--out",
-                str(out),
-                "--metrics",
-                str(metrics),
-            ]
-        )
+        run_stage(stage, params, corpus, out, metrics)
         outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
         outputs[-1]["metrics"] = metrics.read_bytes()
     assert outputs[0] == outputs[1]
@@ -248,16 +242,5 @@ def test_stage_bad_corpus_leaves_no_output(tmp_path):
     params = write_params(tmp_path / "params.yaml", min_freq=1)
     out, metrics = tmp_path / "out", tmp_path / "m.json"
     with pytest.raises(UserError, match=r"empty\.tokens: no line contains"):
-        stage.main(
-            [
-                "--params",
-                str(params),
-                "--corpus",
-                str(corpus),
-                "--out",
-                str(out),
-                "--metrics",
-                str(metrics),
-            ]
-        )
+        run_stage(stage, params, corpus, out, metrics)
     assert not out.exists() and not metrics.exists()
