@@ -7,7 +7,7 @@ measurement, so `peak_rss_mb` is this side's alone.
   ours.py vocab    --wiki FILE --out vocab.json          (untimed set-up for `snli`)
   ours.py examples --wiki FILE                           tokenize_wikitext + make_examples
   ours.py snli     --snli-file FILE --vocab vocab.json   make_snli's work on one split
-  ours.py pretrain --wiki FILE [--steps 5]               pretrain's step (training.pretrain)
+  ours.py pretrain --wiki FILE [--steps 5]               pretrain's step (pretrain.pretrain)
   ours.py finetune --snli-file FILE --wiki FILE [--steps 5]   finetune's step
   ours.py matmul                                         fp32 matmul FLOP/s (the MFU yardstick)
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertpipe import artifacts, config, pretraining, snli, wikitext
+from bertpipe import artifacts, config, make_examples, snli, wikitext
 from bertpipe.vocab import Vocab
 
 # torch (and the modules that import it) is imported only by the training commands, as only
@@ -59,7 +59,7 @@ def tokenize(path: Path, workers: int = WORKERS) -> tuple[wikitext.Corpus, Vocab
 def examples(path: Path, workers: int = WORKERS) -> tuple[dict[str, np.ndarray], Vocab, int]:
     """make_examples' arrays, the vocabulary and the number of corpus tokens."""
     corpus, vocab = tokenize(path, workers)
-    return pretraining.make_examples(corpus, EXAMPLES), vocab, corpus.num_tokens
+    return make_examples.make_examples(corpus, EXAMPLES), vocab, corpus.num_tokens
 
 
 def encoder_for(vocab: Vocab, max_len: int = SNLI_MAX_LEN) -> snli.PairEncoder:
@@ -137,14 +137,15 @@ def useful_flops(valid_lens: np.ndarray, slots: np.ndarray, vocab_size: int) -> 
 def cmd_pretrain(args: argparse.Namespace) -> dict:
     import torch
 
-    from bertpipe import training
+    from bertpipe import batches, runtime
     from bertpipe.model import BERTModel
+    from bertpipe.pretrain import pretrain
 
     ex, vocab, _ = examples(args.wiki)
     cfg = config.PretrainConfig(batch_size=args.batch_size, lr=0.01, num_steps=args.steps + 1,
                                 seed=args.seed)  # fmt: skip
-    # training.pretrain draws its plan from this seeded generator first: the same batches
-    plan = training.pretraining_plan(
+    # pretrain() draws its plan from this seeded generator first: the same batches
+    plan = batches.pretraining_plan(
         len(ex["nsp_labels"]),
         cfg.batch_size,
         cfg.num_steps,
@@ -152,10 +153,10 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
     )
     timed = np.concatenate(plan[1:])  # the first step is not timed
     flops = useful_flops(ex["valid_lens"][timed], ex["mlm_weights"][timed], len(vocab))
-    with training.runtime("cpu", args.workers, args.compile, distributed=False) as rt:
+    with runtime.runtime("cpu", args.workers, args.compile, distributed=False) as rt:
         torch.manual_seed(args.seed)
         model = BERTModel(len(vocab), MODEL)
-        metrics = training.pretrain(model, ex, cfg, rt)
+        metrics = pretrain(model, ex, cfg, rt)
     return {
         "what": "ours pretrain",
         "steps": args.steps,
@@ -177,29 +178,27 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
 def cmd_finetune(args: argparse.Namespace) -> dict:
     import torch
 
-    from bertpipe import training
+    from bertpipe import batches, runtime
+    from bertpipe.finetune import step
+    from bertpipe.loop import Trainer
     from bertpipe.model import BERTClassifier, BERTModel
 
     _, vocab = tokenize(args.wiki)
     data = snli_arrays(args.snli_file, vocab, 1)
-    with training.runtime("cpu", args.workers, args.compile, distributed=False) as rt:
+    cfg = config.FinetuneConfig(batch_size=args.batch_size, lr=1e-4, num_epochs=1, seed=args.seed)
+    lengths = batches.snli_lengths(data)
+    # the first steps of finetune's first epoch: length-bucketed, bucket order shuffled
+    gen = torch.Generator().manual_seed(args.seed)
+    plan = batches.length_buckets(lengths, args.batch_size, gen)[: args.steps + 1]
+    with runtime.runtime("cpu", args.workers, args.compile, distributed=False) as rt:
         torch.manual_seed(args.seed)
         model = BERTClassifier(BERTModel(len(vocab), MODEL), num_classes=3)
-        net, opt = training.prepare(model, rt), training.adam(model, 1e-4, rt)
         model.train()
-        # the first steps of finetune's first epoch: length-bucketed, bucket order shuffled
-        gen = torch.Generator().manual_seed(args.seed)
-        plan = training.length_buckets(training.snli_lengths(data), args.batch_size, gen)
-        plan = plan[: args.steps + 1]
-        speed = training.Throughput(rt)
-        curves = training.FINETUNE_CURVES
-        stats = training._run_steps(
-            training._finetune_step, net, opt, data, plan, training.collate_snli, rt, None,
-            curves, 0, speed, "finetune",
-        )  # fmt: skip
-        speed.stop()
-    lengths = np.concatenate([training.snli_lengths(data)[b] for b in plan[1:]])
-    padded = sum(len(b) * int(training.snli_lengths(data)[b].max()) for b in plan[1:])
+        trainer = Trainer(model, runtime.prepare(model, rt), cfg, len(plan), rt, None, [])
+        stats = trainer.run(step, data, plan, batches.collate_snli, 0, "finetune")
+    speed = trainer.speed
+    timed = np.concatenate([lengths[b] for b in plan[1:]])
+    padded = sum(len(b) * int(lengths[b].max()) for b in plan[1:])
     return {
         "what": "ours finetune",
         "steps": args.steps,
@@ -207,7 +206,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
         "examples_per_sec": speed.rate(),
         "threads": torch.get_num_threads(),
         "compile": rt.compile,
-        "padding_share": round(1 - lengths.sum() / padded, 3),
+        "padding_share": round(1 - timed.sum() / padded, 3),
         "last_loss": round(float(stats[-1, 0]), 3),
         "pairs": len(data["labels"]),
         "peak_rss_mb": peak_rss_mb(),

@@ -1,7 +1,7 @@
 """Score the fine-tuned classifier on one SNLI split: accuracy, per-class P/R/F1, confusions.
 
 Reads:  --model (data/finetune/model.safetensors), --snli (data/make_snli/)
-Writes: --metrics (metrics/evaluate.json), --predictions (metrics/evaluate_predictions.csv:
+Writes: --metrics (metrics/evaluate.json), --predictions (data/evaluate/predictions.csv:
         `actual,predicted` label names, one row per pair, for DVC's confusion plot)
 Params: evaluate
 
@@ -11,12 +11,12 @@ Speed knobs (not params): --device, --workers.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
-from bertpipe import artifacts, config, metrics, training
+from bertpipe import artifacts, batches, checkpoints, config, metrics, runtime
 from bertpipe.cli import UserError, run, stage_parser
+from bertpipe.evaluate import predict
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +27,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snli", required=True, help="make_snli output folder")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
     parser.add_argument("--predictions", required=True, help="CSV of actual,predicted to write")
-    training.add_speed_args(parser, compile=False)
+    runtime.add_speed_args(parser, training=False)
     args = parser.parse_args(argv)
     cfg = config.load(args.params, "evaluate")
-    snli_meta = training.read_meta(Path(args.snli) / "meta.json")
+    snli_meta = batches.load_snli(args.snli)
     if cfg.split not in snli_meta["splits"]:
         raise UserError(
             f"{args.params}: evaluate.split '{cfg.split}' is not in {args.snli} "
             f"(has {', '.join(snli_meta['splits'])}); pick one of those"
         )
-    model, meta = training.load_classifier(args.model)
-    training.check_snli_fits(snli_meta, args.snli, meta, args.model)
+    model, meta = checkpoints.load_classifier(args.model)
+    checkpoints.check_snli_fits(snli_meta, args.snli, meta, args.model)
     labels = meta["labels"]
     if labels != snli_meta["labels"]:
         raise UserError(f"{args.model}: labels {labels} differ from {args.snli}'s; re-run finetune")
-    data = training.load_snli_split(args.snli, cfg.split)
+    data = batches.load_snli_split(args.snli, cfg.split)
 
-    with training.runtime(args.device, args.workers, "off", distributed=False) as rt:
-        predicted = training.predict(model, data, cfg.batch_size, rt)
+    with runtime.runtime(args.device, args.workers, "off", distributed=False) as rt:
+        predicted = predict(model, data, cfg.batch_size, rt)
     actual = np.asarray(data["labels"], dtype=np.int64)
     report = metrics.classification_report(actual, predicted, labels)
     log.info("%s: accuracy %.4f, macro-F1 %.4f on %d pairs",
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     artifacts.atomic_write_bytes(
         args.predictions, "\n".join(["actual,predicted", *rows, ""]).encode()
     )
-    report["num_examples"] = report.pop("examples")
+    report["num_pairs"] = report.pop("examples")
     artifacts.write_json(args.metrics, {"split": cfg.split, **report, **rt.knobs()})
 
 

@@ -5,19 +5,23 @@ Writes: --out (data/finetune/model.safetensors), --metrics (metrics/finetune.jso
         --live (metrics/finetune_live/: DVCLive curves under plots/metrics/, x = step)
 Params: finetune (the model's shape and dropout come from the checkpoint)
 
-Speed knobs (not params): --device, --workers, --compile. Launch with torchrun for DDP.
+Speed knobs (not params): --device, --workers, --compile, --checkpoint-every. Launch with
+torchrun for DDP. A killed run resumes from its last checkpoint (data/.finetune.resume/).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 
-from bertpipe import artifacts, config, training
+from bertpipe import artifacts, batches, checkpoints, config, curves, runtime
 from bertpipe.cli import run, stage_parser
+from bertpipe.finetune import finetune
 from bertpipe.model import BERTClassifier
+from bertpipe.resume import Resume, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +33,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder for model.safetensors")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
     parser.add_argument("--live", required=True, help="DVCLive folder for the training curves")
-    training.add_speed_args(parser)
+    runtime.add_speed_args(parser)
     args = parser.parse_args(argv)
     cfg = config.load(args.params, "finetune")
-    snli_meta = training.read_meta(Path(args.snli) / "meta.json")
-    bert, bert_meta = training.load_bert(args.pretrained)
-    training.check_snli_fits(snli_meta, args.snli, bert_meta, args.pretrained)
-    train = training.load_snli_split(args.snli, "train")
-    test = training.load_snli_split(args.snli, "test")
+    snli_meta = batches.load_snli(args.snli)
+    bert, bert_meta = checkpoints.load_bert(args.pretrained)
+    checkpoints.check_snli_fits(snli_meta, args.snli, bert_meta, args.pretrained)
+    train = batches.load_snli_split(args.snli, "train")
+    test = batches.load_snli_split(args.snli, "test")
     labels = snli_meta["labels"]
+    inputs = [args.pretrained, args.snli]
+    resume = Resume.beside(
+        args.out, fingerprint({"finetune": dataclasses.asdict(cfg)}, inputs), args.checkpoint_every
+    )
 
-    with training.runtime(args.device, args.workers, args.compile, distributed=True) as rt:
+    with runtime.runtime(args.device, args.workers, args.compile, distributed=True) as rt:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
         model = BERTClassifier(bert, num_classes=len(labels))
-        with training.curves(args.live, rt) as live:
-            metrics = training.finetune(model, train, test, cfg, rt, live)
+        with curves.curves(args.live, rt) as live:
+            metrics = finetune(model, train, test, cfg, rt, live, resume)
         if not rt.is_main:
             return
         with artifacts.atomic_dir(args.out) as out:
-            meta = training.classifier_meta(bert_meta, labels)
-            artifacts.save_checkpoint(Path(out) / "model.safetensors", model.state_dict(), meta)
+            header = checkpoints.classifier_meta(bert_meta, labels)
+            checkpoints.save(Path(out) / "model.safetensors", model, header)
         log.info("wrote %s", args.out)
-    artifacts.write_json(args.metrics, metrics | {"train_pairs": len(train["labels"])})
+    resume.clear()
+    artifacts.write_json(args.metrics, metrics | {"num_train_pairs": len(train["labels"])})
 
 
 if __name__ == "__main__":

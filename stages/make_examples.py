@@ -10,9 +10,8 @@ Params: make_examples
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from bertpipe import artifacts, config, pretraining, wikitext
+from bertpipe import artifacts, config, make_examples, wikitext
 from bertpipe.cli import UserError, run, stage_parser
 from bertpipe.vocab import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 
@@ -26,16 +25,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
     args = parser.parse_args(argv)
     cfg = config.load(args.params, "make_examples")
-    num_slots = pretraining.max_num_mlm_preds(cfg.max_len, cfg.mask_rate)
-    if num_slots < 1 or cfg.max_len > 2**15 - 1:
-        raise UserError(
-            f"{args.params}: make_examples.max_len={cfg.max_len}, mask_rate={cfg.mask_rate} give "
-            f"{num_slots} MLM slots; need max_len <= 32767 and round(max_len * mask_rate) >= 1"
-        )
+    num_slots = make_examples.max_num_mlm_preds(cfg.max_len, cfg.mask_rate)
 
     corpus = wikitext.load(args.corpus)
     log.info("loaded %d sentences from %s", corpus.num_sentences, args.corpus)
-    examples = pretraining.make_examples(corpus, cfg)
+    examples = make_examples.make_examples(corpus, cfg)
     n = len(examples["nsp_labels"])
     if n == 0:
         raise UserError(
@@ -56,12 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         "id_dtype": artifacts.id_dtype(corpus.vocab_size).name,
     }
     with artifacts.atomic_dir(args.out) as tmp:
-        artifacts.save_arrays(tmp, examples)
-        artifacts.write_json(Path(tmp) / "meta.json", meta)
+        artifacts.EXAMPLES.save(tmp, examples, meta)
     log.info("wrote %s", args.out)
 
     metrics = {
-        "examples": n,
+        "num_examples": n,
         "nsp_positive_rate": round(float(examples["nsp_labels"].mean()), 6),
         "mean_masked_positions": round(float(examples["mlm_weights"].sum(axis=1).mean()), 6),
         "mean_valid_len": round(float(examples["valid_lens"].mean()), 6),

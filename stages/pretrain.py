@@ -1,23 +1,27 @@
-"""Pretrain BERT on the WikiText-2 examples (MLM + NSP), d2l's fixed number of Adam steps.
+"""Pretrain BERT on the WikiText-2 examples (MLM + NSP), d2l's fixed number of optimiser steps.
 
 Reads:  --examples (data/make_examples/)
 Writes: --out (data/pretrain/model.safetensors), --metrics (metrics/pretrain.json),
         --live (metrics/pretrain_live/: DVCLive curves under plots/metrics/, x = step)
 Params: pretrain, model
 
-Speed knobs (not params): --device, --workers, --compile. Launch with torchrun for DDP.
+Speed knobs (not params): --device, --workers, --compile, --checkpoint-every. Launch with
+torchrun for DDP. A killed run resumes from its last checkpoint (data/.pretrain.resume/).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 
-from bertpipe import artifacts, config, training
+from bertpipe import artifacts, batches, checkpoints, config, curves, runtime
 from bertpipe.cli import UserError, run, stage_parser
 from bertpipe.model import BERTModel, num_parameters
+from bertpipe.pretrain import pretrain
+from bertpipe.resume import Resume, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -28,33 +32,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder for model.safetensors")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
     parser.add_argument("--live", required=True, help="DVCLive folder for the training curves")
-    training.add_speed_args(parser)
+    runtime.add_speed_args(parser)
     args = parser.parse_args(argv)
     cfg = config.load(args.params, "pretrain")
     model_cfg = config.load(args.params, "model")
-    examples, meta = training.load_examples(args.examples)
+    examples, meta = batches.load_examples(args.examples)
     if meta["max_len"] > model_cfg.max_position:
         raise UserError(
             f"{args.params}: model.max_position {model_cfg.max_position} is shorter than the "
             f"examples' max_len {meta['max_len']} ({args.examples}); raise model.max_position"
         )
+    params = {"pretrain": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)}
+    resume = Resume.beside(args.out, fingerprint(params, [args.examples]), args.checkpoint_every)
 
-    with training.runtime(args.device, args.workers, args.compile, distributed=True) as rt:
+    with runtime.runtime(args.device, args.workers, args.compile, distributed=True) as rt:
         torch.manual_seed(cfg.seed)
         model = BERTModel(meta["vocab_size"], model_cfg)
-        log.info(
-            "BERT with %d parameters, %d examples",
-            num_parameters(model),
-            len(examples["nsp_labels"]),
-        )
-        with training.curves(args.live, rt) as live:
-            metrics = training.pretrain(model, examples, cfg, rt, live)
+        log.info("BERT with %d parameters, %d examples", num_parameters(model),
+                 meta["num_examples"])  # fmt: skip
+        with curves.curves(args.live, rt) as live:
+            metrics = pretrain(model, examples, cfg, rt, live, resume)
         if not rt.is_main:
             return
         with artifacts.atomic_dir(args.out) as out:
-            meta_out = training.bert_meta(model_cfg, meta["vocab_size"], meta["vocab_sha1"])
-            artifacts.save_checkpoint(Path(out) / "model.safetensors", model.state_dict(), meta_out)
+            header = checkpoints.bert_meta(model_cfg, meta["vocab_size"], meta["vocab_sha1"])
+            checkpoints.save(Path(out) / "model.safetensors", model, header)
         log.info("wrote %s", args.out)
+    resume.clear()
     metrics |= {"num_parameters": num_parameters(model), "num_examples": meta["num_examples"]}
     artifacts.write_json(args.metrics, metrics)
 

@@ -1,18 +1,19 @@
 """Read a WikiText .tokens file with d2l's rules, build the vocabulary and store the ids.
 
-Reads:  --corpus (data/download_wikitext/wiki.train.tokens)
+Reads:  --tokens (data/download_wikitext/wiki.train.tokens)
 Writes: --out (data/tokenize_wikitext/: vocab.json, token_ids.npy, sentence_offsets.npy,
         paragraph_offsets.npy, meta.json), --metrics (metrics/tokenize_wikitext.json)
 Params: tokenize_wikitext
+
+Speed knob (not a param): --workers.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 from bertpipe import artifacts, config, wikitext
-from bertpipe.cli import run, stage_parser
+from bertpipe.cli import add_workers_arg, processes, run, stage_parser
 from bertpipe.vocab import UNK_ID
 
 log = logging.getLogger(__name__)
@@ -20,27 +21,20 @@ log = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--corpus", required=True, help="WikiText .tokens file to read")
+    parser.add_argument("--tokens", required=True, help="WikiText .tokens file to read")
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=os.environ.get("BERTPIPE_WORKERS") or os.cpu_count() or 1,
-        help="processes that split the text (default: $BERTPIPE_WORKERS, else the CPU count: "
-        "%(default)s)",
-    )
+    add_workers_arg(parser, "split the text")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error(f"--workers (or $BERTPIPE_WORKERS): expected at least 1, got {args.workers}")
+    workers = processes(parser, args.workers)
     cfg = config.load(args.params, "tokenize_wikitext")
 
-    corpus, vocab = wikitext.tokenize(args.corpus, cfg.min_freq, args.workers)
+    corpus, vocab = wikitext.tokenize(args.tokens, cfg.min_freq, workers)
     log.info(
         "read %d paragraphs, %d sentences from %s; vocabulary: %d tokens (min_freq %d)",
         corpus.num_paragraphs,
         corpus.num_sentences,
-        args.corpus,
+        args.tokens,
         len(vocab),
         cfg.min_freq,
     )
@@ -50,11 +44,12 @@ def main(argv: list[str] | None = None) -> None:
 
     unk_rate = float((corpus.token_ids == UNK_ID).mean()) if corpus.num_tokens else 0.0
     metrics = {
-        "paragraphs": corpus.num_paragraphs,
-        "sentences": corpus.num_sentences,
-        "tokens": corpus.num_tokens,
+        "num_paragraphs": corpus.num_paragraphs,
+        "num_sentences": corpus.num_sentences,
+        "num_tokens": corpus.num_tokens,
         "vocab_size": len(vocab),
         "unk_rate": round(unk_rate, 6),
+        "workers": workers,
     }
     artifacts.write_json(args.metrics, metrics)
 

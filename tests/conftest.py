@@ -21,20 +21,33 @@ for a given name, so retries, resume and error pages are tested against real soc
 Rules for a name queue up and apply in the order given. Header names in `hits` are lower-case.
 A cut before 64 KiB (bertpipe.download.CHUNK) leaves nothing to resume from: cut later than that
 to see a Range request.
+`stage`: loads a stage script (`stages/<name>.py`) as a module, to call its `main(argv)`.
+
+`fake`: writers of small, learnable stage outputs in the real formats (make_examples and
+make_snli folders, a BERT checkpoint) and a reader of DVCLive curves; see `Fakes`.
 """
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+
+from bertpipe import artifacts, checkpoints, config
+from bertpipe.model import BERTModel
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -166,3 +179,143 @@ def http_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loo
     root.mkdir()
     with LoopbackServer(root) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def stage() -> Callable[[str], ModuleType]:
+    """`stage("pretrain")` is stages/pretrain.py as a module (loaded once per session)."""
+    loaded: dict[str, ModuleType] = {}
+
+    def load(name: str) -> ModuleType:
+        if name not in loaded:
+            path = REPO / "stages" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(f"stage_{name}", path)
+            loaded[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[name])
+        return loaded[name]
+
+    return load
+
+
+# ----------------------------------------------------------------------------------------------
+# Small stage outputs in the real formats
+
+
+VOCAB = 37  # 5 special ids, then 32 content ids
+CONTENT = np.arange(5, VOCAB)
+SHA = "0123456789abcdef0123456789abcdef01234567"
+LABELS = ["entailment", "contradiction", "neutral"]
+TINY = config.ModelConfig(
+    num_hiddens=24, ffn_num_hiddens=48, num_heads=2, num_blks=2, dropout=0.0, max_position=40
+)
+
+
+def _run(start: int, n: int) -> list[int]:
+    """n consecutive content ids from `start` (wrapping): each is predictable from a neighbour."""
+    return [int(CONTENT[(start + i) % len(CONTENT)]) for i in range(n)]
+
+
+def write_examples(folder: Path, n: int = 384, max_len: int = 20, seed: int = 0) -> Path:
+    """A learnable make_examples folder: MLM from neighbours, NSP from continuity."""
+    rng = np.random.default_rng(seed)
+    P = round(0.15 * max_len)
+    arrays = {
+        "token_ids": np.full((n, max_len), 1, np.uint16),
+        "segments": np.zeros((n, max_len), np.uint8),
+        "valid_lens": np.zeros(n, np.int16),
+        "pred_positions": np.zeros((n, P), np.int16),
+        "mlm_labels": np.zeros((n, P), np.uint16),
+        "mlm_weights": np.zeros((n, P), np.uint8),
+        "nsp_labels": rng.integers(0, 2, n).astype(np.uint8),
+    }
+    for i in range(n):
+        la, lb = rng.integers(2, 8, size=2)
+        start = int(rng.integers(len(CONTENT)))
+        b_start = start + la if arrays["nsp_labels"][i] else start + la + int(rng.integers(4, 28))
+        tokens = [3, *_run(start, la), 4, *_run(b_start, lb), 4]
+        L = len(tokens)
+        candidates = [j for j in range(1, L) if tokens[j] != 4]
+        k = max(1, min(P, round(0.15 * L)))
+        chosen = np.sort(rng.choice(candidates, size=k, replace=False))
+        arrays["mlm_labels"][i, :k] = [tokens[j] for j in chosen]
+        arrays["pred_positions"][i, :k] = chosen
+        arrays["mlm_weights"][i, :k] = 1
+        for j in chosen:
+            tokens[j] = 2  # <mask>
+        arrays["token_ids"][i, :L] = tokens
+        arrays["segments"][i, la + 2 : L] = 1
+        arrays["valid_lens"][i] = L
+    folder.mkdir(parents=True)
+    meta = {
+        "num_examples": n, "max_len": max_len, "max_num_mlm_preds": P, "vocab_size": VOCAB,
+        "vocab_sha1": SHA, "pad_id": 1, "mask_id": 2, "cls_id": 3, "sep_id": 4,
+        "id_dtype": "uint16",
+    }  # fmt: skip
+    artifacts.EXAMPLES.save(folder, arrays, meta)
+    return folder
+
+
+def snli_arrays(pairs: list[tuple[list[int], list[int]]], labels: np.ndarray) -> dict:
+    """make_snli's arrays for (premise ids, hypothesis ids) pairs: `<cls> p <sep> h <sep>`."""
+    ids, offsets, starts = [], [0], []
+    for p, h in pairs:
+        ids += [3, *p, 4, *h, 4]
+        offsets.append(len(ids))
+        starts.append(len(p) + 2)
+    return {
+        "token_ids": np.asarray(ids, np.uint16),
+        "offsets": np.asarray(offsets, np.int64),
+        "segment_starts": np.asarray(starts, np.int16),
+        "labels": labels,
+    }
+
+
+def write_snli(folder: Path, sizes: dict[str, int], max_len: int = 24, sha: str = SHA) -> Path:
+    """A learnable make_snli folder: the label is which of three marker ids opens the hypothesis."""
+    rng = np.random.default_rng(1)
+    for split, n in sizes.items():
+        labels = rng.integers(0, 3, n).astype(np.uint8)
+        pairs = [
+            (
+                rng.choice(CONTENT[3:], size=int(rng.integers(2, 9))).tolist(),
+                [5 + int(label), *rng.choice(CONTENT[3:], size=int(rng.integers(1, 6)))],
+            )
+            for label in labels
+        ]
+        arrays = snli_arrays(pairs, labels)
+        (folder / split).mkdir(parents=True)
+        counts = {name: int((labels == k).sum()) for k, name in enumerate(LABELS)}
+        artifacts.SNLI_SPLIT.save(folder / split, arrays, {
+            "num_pairs": n, "dropped_no_label": 0, "truncated": 0, "label_counts": counts,
+            "max_valid_len": int(np.diff(arrays["offsets"]).max()),
+        }, ids="uint16")  # fmt: skip
+    artifacts.SNLI.save(folder, {}, {
+        "vocab_size": VOCAB, "vocab_sha1": sha, "max_len": max_len, "splits": list(sizes),
+        "labels": LABELS, "id_dtype": "uint16",
+    })  # fmt: skip
+    return folder
+
+
+def write_bert(path: Path, cfg: config.ModelConfig = TINY, sha: str = SHA) -> Path:
+    """A freshly initialised BERT checkpoint, as the pretrain stage would write it."""
+    torch.manual_seed(0)
+    model = BERTModel(VOCAB, cfg)
+    artifacts.save_checkpoint(path, model.state_dict(), checkpoints.bert_meta(cfg, VOCAB, sha))
+    return path
+
+
+def read_curve(live: Path, name: str) -> np.ndarray:
+    """(steps, value) rows of a DVCLive TSV."""
+    with open(live / "plots" / "metrics" / f"{name}.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    key = name.rsplit("/", 1)[-1]
+    return np.array([[float(r["step"]), float(r[key])] for r in rows])
+
+
+@pytest.fixture(scope="session")
+def fake() -> SimpleNamespace:
+    """The writers above, with the constants they use (vocabulary of 37, a tiny model)."""
+    return SimpleNamespace(
+        VOCAB=VOCAB, SHA=SHA, LABELS=LABELS, TINY=TINY, examples=write_examples,
+        snli_arrays=snli_arrays, snli=write_snli, bert=write_bert, curve=read_curve,
+    )  # fmt: skip

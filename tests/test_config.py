@@ -64,6 +64,13 @@ def test_yaml_exponent_without_dot_is_explained(tmp_path):
         ("model", lambda s: s.update(dropout=1.5), r"model\.dropout: expected a number in"),
         ("download_snli", lambda s: s.update(mirrors="x"), r"download_snli\.mirrors: expected a"),
         ("download_snli", lambda s: s.update(files=[]), r"download_snli\.files: expected a map"),
+        ("model", lambda s: s.update(num_heads=3), r"model\.num_hiddens \(128\) must be a mult"),
+        ("make_examples", lambda s: s.update(mask_rate=0.001), r"make_examples\.max_len \* mas"),
+        ("make_examples", lambda s: s.update(max_len=4), r"make_examples\.max_len: 4 is not in"),
+        ("make_snli", lambda s: s.update(max_len=2), r"make_snli\.max_len: 2 is not in \[3,"),
+        ("pretrain", lambda s: s.update(lr_schedule="step"), r"pretrain\.lr_schedule: expected o"),
+        ("finetune", lambda s: s.update(warmup_fraction=1.0), r"finetune\.warmup_fraction: exp"),
+        ("finetune", lambda s: s.update(grad_clip=-1.0), r"finetune\.grad_clip: expected a n"),
     ],
 )
 def test_mistakes_name_the_file_and_key(tmp_path, section, mutate, message):

@@ -220,11 +220,6 @@ def test_longer_than_max_position_is_a_user_error():
         model(tokens, tokens, torch.tensor([3]))
 
 
-def test_heads_must_divide_hidden_size():
-    with pytest.raises(UserError, match="num_heads"):
-        BERTModel(V, ModelConfig(10, FFN, 3, 1, 0.0, MAX_POS))
-
-
 def d2l_state_dict_shapes(num_blks: int) -> dict[str, tuple[int, ...]]:
     """d2l 1.0.3 BERTModel's state-dict keys and shapes, written out by hand."""
     shapes = {

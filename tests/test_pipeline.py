@@ -57,9 +57,9 @@ def test_every_stage_reports_its_metrics(workspace):
     data = metrics(workspace)
     assert sorted(Path(f).stem for f in data) == sorted(ALL_STAGES)
     tokenized = data["metrics/tokenize_wikitext.json"]["data"]
-    assert tokenized["paragraphs"] > 0 and tokenized["vocab_size"] > 5
-    assert data["metrics/make_examples.json"]["data"]["examples"] > 0
-    assert data["metrics/make_snli.json"]["data"]["test"]["pairs"] > 0
+    assert tokenized["num_paragraphs"] > 0 and tokenized["vocab_size"] > 5
+    assert data["metrics/make_examples.json"]["data"]["num_examples"] > 0
+    assert data["metrics/make_snli.json"]["data"]["test"]["num_pairs"] > 0
 
 
 def test_learning_happens(workspace):

@@ -172,7 +172,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
     (tmp_path / "vocab.json").write_text(json.dumps([*SPECIALS, "a", "dog", "cat"]))
     (tmp_path / "params.yaml").write_text("make_snli:\n  max_len: 7\n")
     out, metrics = tmp_path / "make_snli", tmp_path / "metrics.json"
-    argv = [f"--params={tmp_path / 'params.yaml'}", f"--snli={src}", f"--out={out}"]
+    argv = [f"--params={tmp_path / 'params.yaml'}", f"--tables={src}", f"--out={out}"]
     argv += [f"--vocab={tmp_path / 'vocab.json'}", f"--metrics={metrics}"]
     monkeypatch.setenv("BERTPIPE_WORKERS", "1")
 
@@ -181,7 +181,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
     assert m["workers"] == 1 and set(m) == {"workers", "train", "test"}
     assert m["train"]["truncated"] == 3
     assert m["test"] == {
-        "pairs": 1,
+        "num_pairs": 1,
         "dropped_no_label": 1,
         "truncated": 1,
         "label_counts": {"entailment": 1, "contradiction": 0, "neutral": 0},

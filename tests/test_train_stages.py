@@ -3,45 +3,37 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import yaml
-from test_training import LABELS, SHA, read_curve, write_bert, write_examples, write_snli
 
-from bertpipe import artifacts, training
+from bertpipe import artifacts, checkpoints, config
 from bertpipe.cli import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
+D2L_OPTIMISER = {"warmup_fraction": 0.0, "lr_schedule": "constant", "weight_decay": 0.0,
+                 "grad_clip": 0.0}  # fmt: skip
 PARAMS = {
     "model": {"num_hiddens": 24, "ffn_num_hiddens": 48, "num_heads": 2, "num_blks": 2,
               "dropout": 0.1, "max_position": 40},
-    "pretrain": {"batch_size": 64, "lr": 0.01, "num_steps": 12, "seed": 0},
-    "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": 2, "seed": 0},
+    "pretrain": {"batch_size": 64, "lr": 0.01, "num_steps": 12, "seed": 0, **D2L_OPTIMISER},
+    "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": 2, "seed": 0, **D2L_OPTIMISER},
     "evaluate": {"batch_size": 16, "split": "dev"},
 }  # fmt: skip
 
 
-def stage(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
+def work(tmp_path, monkeypatch, fake) -> Path:
     """A folder (outside any git repository) with params.yaml and both stages' inputs."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    write_examples(tmp_path / "data" / "make_examples", n=200)
-    write_snli(tmp_path / "data" / "make_snli", {"train": 200, "test": 40, "dev": 30})
+    fake.examples(tmp_path / "data" / "make_examples", n=200)
+    fake.snli(tmp_path / "data" / "make_snli", {"train": 200, "test": 40, "dev": 30})
     return tmp_path
 
 
@@ -61,52 +53,54 @@ def finetune_args(root: Path, pretrained: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def test_pretrain_finetune_evaluate_stages_end_to_end(work):
+def test_pretrain_finetune_evaluate_stages_end_to_end(work, stage, fake):
     stage("pretrain").main(pretrain_args(work))
-    _, meta = training.load_bert(work / "data/pretrain/model.safetensors")
-    assert meta["kind"] == "bert" and meta["vocab_sha1"] == SHA and meta["vocab_size"] == 37
+    _, meta = checkpoints.load_bert(work / "data/pretrain/model.safetensors")
+    assert meta["kind"] == "bert" and meta["vocab_sha1"] == fake.SHA and meta["vocab_size"] == 37
     assert meta["model"] == PARAMS["model"]
     pretrain = artifacts.read_json(work / "metrics/pretrain.json")
     assert {"mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "pairs_per_sec", "device",
             "compile", "workers", "threads", "world_size"} <= set(pretrain)  # fmt: skip
-    assert pretrain["steps"] == 12 and pretrain["num_parameters"] > 0
-    assert len(read_curve(work / "metrics/pretrain_live", "train/mlm_loss")) == 12
+    assert pretrain["num_steps"] == 12 and pretrain["num_parameters"] > 0
+    assert len(fake.curve(work / "metrics/pretrain_live", "train/mlm_loss")) == 12
 
     stage("finetune").main(finetune_args(work, work / "data/pretrain/model.safetensors"))
-    classifier, meta = training.load_classifier(work / "data/finetune/model.safetensors")
-    assert meta["kind"] == "classifier" and meta["labels"] == LABELS and meta["num_classes"] == 3
+    classifier, meta = checkpoints.load_classifier(work / "data/finetune/model.safetensors")
+    assert (
+        meta["kind"] == "classifier" and meta["labels"] == fake.LABELS and meta["num_classes"] == 3
+    )
     assert {k.split(".")[0] for k in classifier.state_dict()} == {"encoder", "hidden", "output"}
     finetune = artifacts.read_json(work / "metrics/finetune.json")
     assert {"loss", "train_accuracy", "test_accuracy", "examples_per_sec"} <= set(finetune)
-    epochs = read_curve(work / "metrics/finetune_live", "epoch/test_accuracy")
+    epochs = fake.curve(work / "metrics/finetune_live", "epoch/test_accuracy")
     assert epochs[:, 0].tolist() == [7, 14]  # x = optimiser step at each epoch's end
 
     stage("evaluate").main([
         "--model", str(work / "data/finetune/model.safetensors"),
         "--snli", str(work / "data/make_snli"), "--metrics", str(work / "metrics/evaluate.json"),
-        "--predictions", str(work / "metrics/evaluate_predictions.csv"), "--device", "cpu",
+        "--predictions", str(work / "data/evaluate/predictions.csv"), "--device", "cpu",
     ])  # fmt: skip
     report = artifacts.read_json(work / "metrics/evaluate.json")
-    with open(work / "metrics/evaluate_predictions.csv", newline="") as f:
+    with open(work / "data/evaluate/predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == report["num_examples"] == 30 and report["split"] == "dev"
-    assert {r["actual"] for r in rows} | {r["predicted"] for r in rows} <= set(LABELS)
+    assert len(rows) == report["num_pairs"] == 30 and report["split"] == "dev"
+    assert {r["actual"] for r in rows} | {r["predicted"] for r in rows} <= set(fake.LABELS)
     hits = sum(r["actual"] == r["predicted"] for r in rows)
     assert report["accuracy"] == pytest.approx(hits / 30)
-    assert set(report["per_class"]) == set(LABELS) and len(report["confusion_matrix"]) == 3
+    assert set(report["per_class"]) == set(fake.LABELS) and len(report["confusion_matrix"]) == 3
     assert {"precision", "recall", "f1", "support"} <= set(report["per_class"]["neutral"])
-    actual = [LABELS.index(r["actual"]) for r in rows]
+    actual = [fake.LABELS.index(r["actual"]) for r in rows]
     assert actual == np.load(work / "data/make_snli/dev/labels.npy").tolist()  # file order
 
 
-def test_pretraining_twice_gives_a_byte_identical_checkpoint(work):
+def test_pretraining_twice_gives_a_byte_identical_checkpoint(work, stage, fake):
     stage("pretrain").main(pretrain_args(work))
     first = artifacts.sha1_of_file(work / "data/pretrain/model.safetensors")
     stage("pretrain").main(pretrain_args(work))
     assert artifacts.sha1_of_file(work / "data/pretrain/model.safetensors") == first
 
 
-def test_pretrain_refuses_examples_longer_than_the_positional_embedding(work):
+def test_pretrain_refuses_examples_longer_than_the_positional_embedding(work, stage, fake):
     params = {**PARAMS, "model": {**PARAMS["model"], "max_position": 16}}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(UserError, match=r"raise model\.max_position"):
@@ -114,16 +108,16 @@ def test_pretrain_refuses_examples_longer_than_the_positional_embedding(work):
     assert not (work / "data/pretrain").exists()
 
 
-def test_finetune_refuses_snli_from_another_vocabulary(work):
-    ckpt = write_bert(work / "bert.safetensors", sha="f" * 40)
+def test_finetune_refuses_snli_from_another_vocabulary(work, stage, fake):
+    ckpt = fake.bert(work / "bert.safetensors", sha="f" * 40)
     with pytest.raises(UserError, match="vocabulary"):
         stage("finetune").main(finetune_args(work, ckpt))
     assert not (work / "data/finetune").exists() and not (work / "metrics").exists()
 
 
-def test_finetune_refuses_pairs_longer_than_the_positional_embedding(work):
-    cfg = training.config.ModelConfig(24, 48, 2, 2, 0.1, max_position=16)
-    ckpt = write_bert(work / "bert.safetensors", cfg=cfg)
+def test_finetune_refuses_pairs_longer_than_the_positional_embedding(work, stage, fake):
+    cfg = config.ModelConfig(24, 48, 2, 2, 0.1, max_position=16)
+    ckpt = fake.bert(work / "bert.safetensors", cfg=cfg)
     with pytest.raises(UserError, match="exceeds the positional embedding"):
         stage("finetune").main(finetune_args(work, ckpt))
 
@@ -140,22 +134,22 @@ def torchrun(root: Path, script: str, args: list[str]) -> str:
     return done.stderr
 
 
-def test_pretrain_and_finetune_under_torchrun_with_two_gloo_processes(work):
+def test_pretrain_and_finetune_under_torchrun_with_two_gloo_processes(work, stage, fake):
     log = torchrun(work, "pretrain.py", pretrain_args(work))
     assert log.count("wrote ") == 1  # only rank 0 writes
     metrics = artifacts.read_json(work / "metrics/pretrain.json")
-    assert metrics["world_size"] == 2 and metrics["steps"] == 12
+    assert metrics["world_size"] == 2 and metrics["num_steps"] == 12
     assert np.isfinite(metrics["mlm_loss"])
-    assert len(read_curve(work / "metrics/pretrain_live", "train/mlm_loss")) == 12
+    assert len(fake.curve(work / "metrics/pretrain_live", "train/mlm_loss")) == 12
 
     log = torchrun(
         work, "finetune.py", finetune_args(work, work / "data/pretrain/model.safetensors")
     )
     assert log.count("wrote ") == 1
     metrics = artifacts.read_json(work / "metrics/finetune.json")
-    assert metrics["world_size"] == 2 and metrics["steps"] == 2 * 7
+    assert metrics["world_size"] == 2 and metrics["num_steps"] == 2 * 7
     assert 0 <= metrics["test_accuracy"] <= 1 and 0 < metrics["loss"] < 5
-    training.load_classifier(work / "data/finetune/model.safetensors")
+    checkpoints.load_classifier(work / "data/finetune/model.safetensors")
     assert sorted(p.name for p in (work / "data").iterdir()) == [
         "finetune", "make_examples", "make_snli", "pretrain",
     ]  # fmt: skip

@@ -47,7 +47,7 @@ def load_stage():
 
 
 def run_stage(stage, params: Path, corpus: Path, out: Path, metrics: Path) -> None:
-    args = ["--params", params, "--corpus", corpus, "--out", out, "--metrics", metrics]
+    args = ["--params", params, "--tokens", corpus, "--out", out, "--metrics", metrics]
     stage.main([str(a) for a in args])
 
 
@@ -222,8 +222,8 @@ def test_stage_end_to_end_is_deterministic(tmp_path):
     }
     metrics = json.loads(outputs[0]["metrics"])
     num_tokens = 3 * sum(len(s) for p in EXPECTED for s in p)
-    assert metrics["paragraphs"] == 9 and metrics["sentences"] == 18
-    assert metrics["tokens"] == num_tokens
+    assert metrics["num_paragraphs"] == 9 and metrics["num_sentences"] == 18
+    assert metrics["num_tokens"] == num_tokens
     vocab = Vocab.load(tmp_path / "one" / "vocab.json")
     assert (
         metrics["vocab_size"]

@@ -4,6 +4,11 @@ Arrays are `.npy` files (memory-mappable, loaded with `allow_pickle=False`, so r
 no code); model weights are safetensors; small facts are pretty-printed JSON. A stage builds its
 output folder under a temporary name beside the target and renames it into place only when
 everything is written, so a crash or a bad input leaves the previous output (or nothing).
+
+The array folders that one stage writes and another reads are declared here once
+(`EXAMPLES`, `SNLI`, `SNLI_SPLIT`): their array names and dtypes and their `meta.json` keys. The
+writer saves through the declaration and the reader loads through it, so a format change is one
+edit and a folder from another version of the code is a clear error, not a wrong number.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bertpipe.cli import UserError
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -122,3 +130,103 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         meta = json.loads((f.metadata() or {}).get("bertpipe", "{}"))
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
     return tensors, meta
+
+
+IDS = "ids"  # in an ArrayFolder: the folder's token-id dtype, `meta["id_dtype"]`
+
+
+@dataclass(frozen=True)
+class ArrayFolder:
+    """A stage's output folder: one `<name>.npy` per array, and `meta.json`.
+
+    `arrays` maps each array's name to its dtype (IDS: the token-id dtype, given as `ids` or
+    named by `meta["id_dtype"]`); `meta` lists the keys `meta.json` holds. `save` and `load`
+    refuse anything else.
+    """
+
+    stage: str  # the stage that writes it, named in errors
+    arrays: dict[str, str]
+    meta: tuple[str, ...]
+
+    def save(self, folder: str | Path, arrays: Mapping[str, np.ndarray], meta: dict,
+             ids: str | None = None) -> None:  # fmt: skip
+        self._same("arrays", set(arrays), set(self.arrays))
+        self._same("meta keys", set(meta), set(self.meta))
+        for name, array in arrays.items():
+            if array.dtype != self._dtype(name, ids or meta.get("id_dtype")):
+                raise ValueError(f"{self.stage}: {name} is {array.dtype}, the format says "
+                                 f"{self._dtype(name, ids or meta.get('id_dtype'))}")  # fmt: skip
+        save_arrays(folder, arrays)
+        write_json(Path(folder) / "meta.json", meta)
+
+    def load(self, folder: str | Path, ids: str | None = None) -> tuple[dict, dict[str, Any]]:
+        """(memory-mapped arrays, meta); a missing or foreign folder is a UserError."""
+        folder = Path(folder)
+        rerun = f"run the {self.stage} stage (dvc repro {self.stage})"
+        if not (folder / "meta.json").is_file():
+            raise UserError(f"{folder}: no {self.stage} output here (no meta.json); {rerun}")
+        meta = read_json(folder / "meta.json")
+        missing = [k for k in self.meta if k not in meta]
+        absent = [n for n in self.arrays if not (folder / f"{n}.npy").is_file()]
+        if missing or absent:
+            what = ", ".join([*missing, *(f"{n}.npy" for n in absent)])
+            raise UserError(f"{folder}: not a {self.stage} output of this version (lacks "
+                            f"{what}); {rerun}")  # fmt: skip
+        arrays = load_arrays(folder, list(self.arrays))
+        for name, array in arrays.items():
+            expected = self._dtype(name, ids or meta.get("id_dtype"))
+            if array.dtype != expected:
+                raise UserError(f"{folder}/{name}.npy: dtype {array.dtype}, expected {expected}; "
+                                f"{rerun}")  # fmt: skip
+        return arrays, meta
+
+    def _dtype(self, name: str, ids: str | None) -> np.dtype:
+        kind = self.arrays[name]
+        return np.dtype(ids if kind == IDS else kind)
+
+    def _same(self, what: str, given: set[str], declared: set[str]) -> None:
+        if given != declared:
+            extra, lacking = sorted(given - declared), sorted(declared - given)
+            raise ValueError(f"{self.stage}: {what} differ from the format: extra {extra}, "
+                             f"missing {lacking}")  # fmt: skip
+
+
+VOCAB = ("vocab_size", "vocab_sha1", "id_dtype")  # the vocabulary the ids come from
+
+EXAMPLES = ArrayFolder(
+    "make_examples",
+    arrays={
+        "token_ids": IDS,  # (N, max_len) <cls> a <sep> b <sep> <pad>...
+        "segments": "uint8",  # (N, max_len) 1 on b and its <sep>
+        "valid_lens": "int16",  # (N,)
+        "pred_positions": "int16",  # (N, P) 0 in padding slots
+        "mlm_labels": IDS,  # (N, P) 0 in padding slots
+        "mlm_weights": "uint8",  # (N, P) 1 real slot, 0 padding
+        "nsp_labels": "uint8",  # (N,) 1 = b is the true next sentence
+    },
+    meta=(
+        "num_examples",
+        "max_len",
+        "max_num_mlm_preds",
+        "pad_id",
+        "mask_id",
+        "cls_id",
+        "sep_id",
+        *VOCAB,
+    ),
+)
+
+SNLI = ArrayFolder(  # the top of make_snli's folder: one SNLI_SPLIT folder per split
+    "make_snli", arrays={}, meta=("max_len", "splits", "labels", *VOCAB)
+)
+
+SNLI_SPLIT = ArrayFolder(
+    "make_snli",
+    arrays={
+        "token_ids": IDS,  # (total,) every pair's <cls> p <sep> h <sep>, concatenated
+        "offsets": "int64",  # (N+1,) pair i = token_ids[offsets[i]:offsets[i+1]]
+        "segment_starts": "int16",  # (N,) first segment-1 position of each pair
+        "labels": "uint8",  # (N,) index into meta["labels"] of the top folder
+    },
+    meta=("num_pairs", "dropped_no_label", "truncated", "label_counts", "max_valid_len"),
+)

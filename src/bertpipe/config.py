@@ -27,8 +27,17 @@ def _positive(what: str = "a positive number") -> Any:
     return field(metadata={"check": (lambda v: v > 0, what)})
 
 
-def _fraction(what: str = "a number in [0, 1)") -> Any:
-    return field(metadata={"check": (lambda v: 0 <= v < 1, what)})
+def _fraction(what: str = "a number in [0, 1)", **default: Any) -> Any:
+    return field(metadata={"check": (lambda v: 0 <= v < 1, what)}, **default)
+
+
+def _at_least_zero(what: str = "a number >= 0", **default: Any) -> Any:
+    return field(metadata={"check": (lambda v: v >= 0, what)}, **default)
+
+
+def _one_of(*choices: str, **default: Any) -> Any:
+    check = (lambda v: v in choices, f"one of {', '.join(choices)}")
+    return field(metadata={"check": check}, **default)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,10 @@ class TokenizeWikitextConfig:
     min_freq: int = _positive()  # tokens seen fewer times map to <unk> (d2l: 5)
 
 
+MAX_LEN = 2**15 - 1  # positions are stored as int16
+SCHEDULES = ("constant", "linear", "cosine")
+
+
 @dataclass(frozen=True)
 class MakeExamplesConfig:
     max_len: int = _positive()  # <cls> a <sep> b <sep> longer than this is dropped (d2l: 64)
@@ -56,10 +69,23 @@ class MakeExamplesConfig:
     next_sentence_prob: float = _fraction()  # P(true next sentence) in NSP (d2l: 0.5)
     seed: int
 
+    def problem(self) -> str | None:
+        if not 5 <= self.max_len <= MAX_LEN:
+            return f"max_len: {self.max_len} is not in [5, {MAX_LEN}] (<cls> a <sep> b <sep>)"
+        if round(self.max_len * self.mask_rate) < 1:
+            return (f"max_len * mask_rate = {self.max_len * self.mask_rate:g} rounds to 0 MLM "
+                    "slots; raise one of them")  # fmt: skip
+        return None
+
 
 @dataclass(frozen=True)
 class MakeSnliConfig:
     max_len: int = _positive()  # <cls> p <sep> h <sep> is truncated to this (d2l: 128)
+
+    def problem(self) -> str | None:
+        if not 3 <= self.max_len <= MAX_LEN:
+            return f"max_len: {self.max_len} is not in [3, {MAX_LEN}] (<cls> <sep> <sep> at least)"
+        return None
 
 
 @dataclass(frozen=True)
@@ -71,13 +97,25 @@ class ModelConfig:
     dropout: float = _fraction()
     max_position: int = _positive()  # length of the learnable positional embedding (d2l: 1000)
 
+    def problem(self) -> str | None:
+        if self.num_hiddens % self.num_heads:
+            return (f"num_hiddens ({self.num_hiddens}) must be a multiple of num_heads "
+                    f"({self.num_heads})")  # fmt: skip
+        return None
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
     batch_size: int = _positive()
-    lr: float = _positive()
+    lr: float = _positive()  # the peak learning rate
     num_steps: int = _positive()
     seed: int
+    # d2l trains with plain Adam at a constant lr. These are exactly that when the params file
+    # says so; the defaults here are for code only (params files must give every key).
+    warmup_fraction: float = _fraction(default=0.0)  # share of steps with a linear warm-up
+    lr_schedule: str = _one_of(*SCHEDULES, default="constant")  # after warm-up: decay to 0
+    weight_decay: float = _at_least_zero(default=0.0)  # AdamW's, on matrices and embeddings
+    grad_clip: float = _at_least_zero(default=0.0)  # largest global gradient norm; 0: none
 
 
 @dataclass(frozen=True)
@@ -86,6 +124,10 @@ class FinetuneConfig:
     lr: float = _positive()
     num_epochs: int = _positive()
     seed: int
+    warmup_fraction: float = _fraction(default=0.0)  # as in `pretrain`
+    lr_schedule: str = _one_of(*SCHEDULES, default="constant")
+    weight_decay: float = _at_least_zero(default=0.0)
+    grad_clip: float = _at_least_zero(default=0.0)
 
 
 @dataclass(frozen=True)
@@ -150,7 +192,11 @@ def parse_section(cls: type[T], values: Any, where: str) -> T:
         if check and not check[0](value):
             raise ParamsError(f"{where}.{key}: expected {check[1]}, got {value!r}")
         parsed[key] = value
-    return cls(**parsed)
+    result = cls(**parsed)
+    problem = getattr(result, "problem", lambda: None)()
+    if problem:
+        raise ParamsError(f"{where}.{problem}")
+    return result
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:

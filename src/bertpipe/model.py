@@ -143,11 +143,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, num_hiddens: int, num_heads: int, dropout: float):
         super().__init__()
-        if num_hiddens % num_heads:
-            raise UserError(
-                f"model.num_hiddens ({num_hiddens}) must be a multiple of model.num_heads "
-                f"({num_heads}); change one of them in params.yaml"
-            )
+        if num_hiddens % num_heads:  # config.ModelConfig refuses such params
+            raise ValueError(f"{num_hiddens} hidden units do not split into {num_heads} heads")
         self.num_heads = num_heads
         self.dropout = dropout
         self.W_q = nn.Linear(num_hiddens, num_hiddens)
@@ -261,7 +258,9 @@ class BERTEncoder(nn.Module):
         padded forward's rows at those positions."""
         self._check_length(packing.max_steps)
         X = self.token_embedding(tokens) + self.segment_embedding(segments)  # (N, H)
-        X = X + self.pos_embedding[0, packing.positions]
+        # a lookup, not `pos_embedding[0, positions]`: indexing's backward accumulates repeated
+        # positions in an order that varies with thread scheduling; embedding's does not
+        X = X + F.embedding(packing.positions, self.pos_embedding[0])
         masks = packing.masks()
         for blk in self.blks:
             X = blk.forward_packed(X, packing, masks)
@@ -290,6 +289,15 @@ class MaskLM(nn.Module):
         # X (B, T, H), pred_positions (B, P); padding slots point at position 0, like d2l's.
         index = pred_positions.long()[:, :, None].expand(-1, -1, X.shape[-1])  # (B, P, H)
         return self.mlp(torch.gather(X, 1, index))  # (B, P, V)
+
+    def transform(self, X: Tensor) -> Tensor:
+        """The head up to its output layer (Linear-ReLU-LayerNorm): (..., H) -> (..., H)."""
+        return self.mlp[:3](X)
+
+    @property
+    def decoder(self) -> nn.Linear:
+        """The output layer, H -> vocabulary logits."""
+        return self.mlp[3]
 
 
 class NextSentencePred(nn.Module):

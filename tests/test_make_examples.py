@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertpipe import pretraining
+from bertpipe import make_examples
 from bertpipe.cli import UserError
 from bertpipe.config import MakeExamplesConfig
 from bertpipe.vocab import CLS_ID, MASK_ID, PAD_ID, SEP_ID
@@ -67,25 +67,25 @@ ROUND_TABLE = {range(1, 10): 1, range(10, 17): 2, range(17, 24): 3, range(24, 31
 def test_num_mlm_preds_table_for_015():
     n = np.arange(1, 65)
     expected = [v for r, v in ROUND_TABLE.items() for _ in r]
-    assert pretraining.num_mlm_preds(n, 0.15).tolist() == expected
-    assert pretraining.num_mlm_preds(np.array([10, 30, 50]), 0.15).tolist() == [2, 4, 8]
+    assert make_examples.num_mlm_preds(n, 0.15).tolist() == expected
+    assert make_examples.num_mlm_preds(np.array([10, 30, 50]), 0.15).tolist() == [2, 4, 8]
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.1, 0.15, 0.25, 0.3, 0.35, 0.45, 0.5, 0.7])
 def test_num_mlm_preds_is_pythons_round(rate):
     n = np.arange(1, 801)
-    assert pretraining.num_mlm_preds(n, rate).tolist() == [max(1, round(k * rate)) for k in n]
+    assert make_examples.num_mlm_preds(n, rate).tolist() == [max(1, round(k * rate)) for k in n]
 
 
 def test_max_num_mlm_preds():
-    assert pretraining.max_num_mlm_preds(64, 0.15) == 10
-    assert pretraining.max_num_mlm_preds(128, 0.15) == 19
-    assert pretraining.max_num_mlm_preds(37, 0.15) == 6  # 5.55
+    assert make_examples.max_num_mlm_preds(64, 0.15) == 10
+    assert make_examples.max_num_mlm_preds(128, 0.15) == 19
+    assert make_examples.max_num_mlm_preds(37, 0.15) == 6  # 5.55
 
 
 def test_layout_dtypes_and_padding():
     corpus = random_corpus()
-    ex = pretraining.make_examples(corpus, cfg())
+    ex = make_examples.make_examples(corpus, cfg())
     n = len(ex["nsp_labels"])
     assert n > 500
     shapes = {k: v.shape for k, v in ex.items()}
@@ -117,7 +117,7 @@ def test_layout_dtypes_and_padding():
 
 def test_pairs_are_corpus_sentences_and_true_next_when_labelled():
     corpus = random_corpus(seed=5)
-    ex = pretraining.make_examples(corpus, cfg(next_sentence_prob=0.4))
+    ex = make_examples.make_examples(corpus, cfg(next_sentence_prob=0.4))
     s, p = corpus.sentence_offsets, corpus.paragraph_offsets
     where = defaultdict(list)  # sentence content -> its indices
     for i in range(corpus.num_sentences):
@@ -133,7 +133,7 @@ def test_pairs_are_corpus_sentences_and_true_next_when_labelled():
 
 
 def test_number_of_predictions_and_labels():
-    ex = pretraining.make_examples(random_corpus(seed=2), cfg(mask_rate=0.2))
+    ex = make_examples.make_examples(random_corpus(seed=2), cfg(mask_rate=0.2))
     valid = ex["valid_lens"].astype(int)
     expected = np.maximum(1, [round(v * 0.2) for v in valid])
     assert np.array_equal(ex["mlm_weights"].sum(axis=1), expected)
@@ -150,7 +150,7 @@ def test_number_of_predictions_and_labels():
 
 def test_mask_keep_random_shares():
     corpus = random_corpus(seed=3, paragraphs=2001, longest=20)
-    ex = pretraining.make_examples(corpus, cfg(max_len=43, seed=4))
+    ex = make_examples.make_examples(corpus, cfg(max_len=43, seed=4))
     got, labels = predicted(ex)
     assert len(got) > 20000
     masked, kept = got == MASK_ID, got == labels
@@ -167,7 +167,7 @@ def test_positions_are_uniform_over_candidates():
     # <cls> 10 <sep> 10 <sep> (length 23, 20 candidates, round(3.45) = 3 predictions).
     sizes, lens = np.full(3001, 2), np.full(6002, 10)
     ids = np.random.default_rng(0).integers(5, V, 60020)
-    ex = pretraining.make_examples(corpus_of(ids, lens, sizes), cfg(64, next_sentence_prob=1.0))
+    ex = make_examples.make_examples(corpus_of(ids, lens, sizes), cfg(64, next_sentence_prob=1.0))
     assert np.all(ex["valid_lens"] == 23) and np.all(ex["mlm_weights"].sum(axis=1) == 3)
     pos = ex["pred_positions"][:, :3].ravel()
     counts = np.bincount(pos, minlength=23)
@@ -182,7 +182,7 @@ def test_literal_specials_in_the_text_are_never_predicted():
     sizes = rng.integers(1, 6, 701)
     lens = rng.integers(1, 7, sizes.sum())
     corpus = corpus_of(rng.integers(3, 7, lens.sum()), lens, sizes)
-    ex = pretraining.make_examples(corpus, cfg(max_len=41))
+    ex = make_examples.make_examples(corpus, cfg(max_len=41))
     _, labels = predicted(ex)
     assert len(labels) > 1000 and not np.isin(labels, [CLS_ID, SEP_ID]).any()
     original = restored(ex)
@@ -195,13 +195,13 @@ def test_literal_specials_in_the_text_are_never_predicted():
 
 def test_nsp_positive_rate_and_pairs():
     corpus = random_corpus(seed=7, longest=20)
-    a, b, is_next = pretraining.nsp_pairs(corpus, 0.3, np.random.default_rng(0))
+    a, b, is_next = make_examples.nsp_pairs(corpus, 0.3, np.random.default_rng(0))
     p = corpus.paragraph_offsets
     adjacent = np.setdiff1d(np.arange(corpus.num_sentences), p[1:] - 1)
     assert np.array_equal(np.sort(a), adjacent)  # every adjacent pair exactly once
     assert np.all(b[is_next] == a[is_next] + 1)
     assert is_next.mean() == pytest.approx(0.3, abs=0.03)
-    ex = pretraining.make_examples(corpus, cfg(max_len=43, next_sentence_prob=0.3))
+    ex = make_examples.make_examples(corpus, cfg(max_len=43, next_sentence_prob=0.3))
     assert len(ex["nsp_labels"]) == len(adjacent)  # 20 + 20 + 3 <= 43: nothing dropped
     assert ex["nsp_labels"].mean() == pytest.approx(0.3, abs=0.03)
 
@@ -211,7 +211,7 @@ def test_negative_next_sentence_is_paragraph_uniform():
     # one-sentence one half the time; a uniform sentence would be one only 50/500 of the time.
     sizes = np.tile([1, 9], 50)
     corpus = corpus_of(np.arange(500) % 30 + 5, np.ones(500, int), sizes)
-    a, b, is_next = pretraining.nsp_pairs(corpus, 0.0, np.random.default_rng(1))
+    a, b, is_next = make_examples.nsp_pairs(corpus, 0.0, np.random.default_rng(1))
     assert len(a) == 400 and not is_next.any()
     paragraph_of = np.repeat(np.arange(100), sizes)
     singles = np.isin(b, corpus.paragraph_offsets[:-1][sizes == 1])
@@ -225,31 +225,31 @@ def test_overlong_pairs_are_dropped_after_substitution():
     sizes = np.r_[np.full(100, 2), np.full(100, 1)]
     lens = np.r_[np.full(200, 2), np.full(100, 50)]
     corpus = corpus_of(np.full(lens.sum(), 9), lens, sizes)
-    true_next = pretraining.make_examples(corpus, cfg(max_len=20, next_sentence_prob=1.0))
+    true_next = make_examples.make_examples(corpus, cfg(max_len=20, next_sentence_prob=1.0))
     assert len(true_next["nsp_labels"]) == 100
-    random_next = pretraining.make_examples(corpus, cfg(max_len=20, next_sentence_prob=0.0))
+    random_next = make_examples.make_examples(corpus, cfg(max_len=20, next_sentence_prob=0.0))
     assert 35 <= len(random_next["nsp_labels"]) <= 65  # b from a long paragraph: dropped
     assert np.all(random_next["valid_lens"] == 7)
 
 
 def test_length_limit_is_inclusive():
     corpus = corpus_of(np.full(93, 7), [30, 31, 32], [3])
-    ex = pretraining.make_examples(corpus, cfg(max_len=64, next_sentence_prob=1.0))
+    ex = make_examples.make_examples(corpus, cfg(max_len=64, next_sentence_prob=1.0))
     assert ex["valid_lens"].tolist() == [64]  # 30+31+3 kept, 31+32+3 dropped
     assert ex["mlm_weights"].sum() == 10
 
 
 def test_empty_sentence_makes_a_valid_pair():
     corpus = corpus_of([11, 12, 13], [0, 3], [2])
-    ex = pretraining.make_examples(corpus, cfg(max_len=9, next_sentence_prob=1.0))
+    ex = make_examples.make_examples(corpus, cfg(max_len=9, next_sentence_prob=1.0))
     assert restored(ex).tolist() == [[CLS_ID, SEP_ID, 11, 12, 13, SEP_ID, 1, 1, 1]]
     assert ex["segments"].tolist() == [[0, 0, 1, 1, 1, 1, 0, 0, 0]]
 
 
 def test_same_seed_same_arrays_other_seed_different():
     corpus = random_corpus(seed=8)
-    one, two = (pretraining.make_examples(corpus, cfg(seed=11)) for _ in range(2))
-    other = pretraining.make_examples(corpus, cfg(seed=12))
+    one, two = (make_examples.make_examples(corpus, cfg(seed=11)) for _ in range(2))
+    other = make_examples.make_examples(corpus, cfg(seed=12))
     assert all(np.array_equal(one[k], two[k]) for k in one)
     assert not np.array_equal(one["nsp_labels"], other["nsp_labels"][: len(one["nsp_labels"])])
 
@@ -276,10 +276,10 @@ def write_wikitext(path: Path, paragraphs: int = 301) -> None:
     path.write_text("".join(lines), encoding="utf-8")
 
 
-def write_params(path: Path, max_len=37, seed=0) -> Path:
+def write_params(path: Path, max_len=37, seed=0, mask_rate=0.15) -> Path:
     path.write_text(
         "tokenize_wikitext:\n  min_freq: 3\n"
-        f"make_examples:\n  max_len: {max_len}\n  mask_rate: 0.15\n"
+        f"make_examples:\n  max_len: {max_len}\n  mask_rate: {mask_rate}\n"
         f"  next_sentence_prob: 0.5\n  seed: {seed}\n",
         encoding="utf-8",
     )
@@ -292,7 +292,7 @@ def tokenized(tmp_path_factory) -> Path:
     write_wikitext(root / "wiki.train.tokens")
     params = write_params(root / "params.yaml")
     load_stage("tokenize_wikitext").main(
-        ["--params", str(params), "--corpus", str(root / "wiki.train.tokens"),
+        ["--params", str(params), "--tokens", str(root / "wiki.train.tokens"),
          "--out", str(root / "tokenize_wikitext"), "--metrics", str(root / "tok.json")]
     )  # fmt: skip
     return root / "tokenize_wikitext"
@@ -326,7 +326,7 @@ def test_stage_outputs_are_byte_identical_per_seed(tmp_path, tokenized):
                     "pad_id": 1, "mask_id": 2, "cls_id": 3, "sep_id": 4,
                     "id_dtype": "uint16"}  # fmt: skip
     assert metrics == {
-        "examples": n,
+        "num_examples": n,
         "nsp_positive_rate": pytest.approx(arrays["nsp_labels"].mean(), abs=1e-6),
         "mean_masked_positions": pytest.approx(arrays["mlm_weights"].sum(1).mean(), abs=1e-6),
         "mean_valid_len": pytest.approx(arrays["valid_lens"].mean(), abs=1e-6),
@@ -334,10 +334,10 @@ def test_stage_outputs_are_byte_identical_per_seed(tmp_path, tokenized):
 
 
 def test_stage_errors_leave_no_output(tmp_path, tokenized):
-    with pytest.raises(UserError, match=r"no sentence pair fits make_examples\.max_len=4"):
-        run_make_examples(tmp_path, tokenized, "short", max_len=4)
-    with pytest.raises(UserError, match=r"tiny\.yaml: make_examples\.max_len=3.*0 MLM slots"):
-        run_make_examples(tmp_path, tokenized, "tiny", max_len=3)
+    with pytest.raises(UserError, match=r"no sentence pair fits make_examples\.max_len=5"):
+        run_make_examples(tmp_path, tokenized, "short", max_len=5)
+    with pytest.raises(UserError, match=r"tiny\.yaml: make_examples\.max_len \* mask_rate = 0"):
+        run_make_examples(tmp_path, tokenized, "tiny", max_len=6, mask_rate=0.05)
     assert not any((tmp_path / n).exists() for n in ["short", "short.json", "tiny", "tiny.json"])
 
 

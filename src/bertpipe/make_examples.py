@@ -121,9 +121,7 @@ def mask_tokens(
 
 def make_examples(corpus: Corpus, cfg: MakeExamplesConfig) -> dict[str, np.ndarray]:
     """All pretraining examples of `corpus`, as the arrays `make_examples` writes."""
-    num_slots = max_num_mlm_preds(cfg.max_len, cfg.mask_rate)
-    if num_slots < 1:
-        raise ValueError(f"max_len * mask_rate = {cfg.max_len * cfg.mask_rate} rounds to 0 slots")
+    num_slots = max_num_mlm_preds(cfg.max_len, cfg.mask_rate)  # >= 1: config checks it
     rng = np.random.default_rng(cfg.seed)
     a, b, is_next = nsp_pairs(corpus, cfg.next_sentence_prob, rng)
     s = corpus.sentence_offsets

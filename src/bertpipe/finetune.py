@@ -1,0 +1,81 @@
+"""The finetune stage's logic: d2l's `train_ch13` for the SNLI classifier.
+
+Per epoch: one pass over the training pairs in length-bucketed batches (shuffled by a seeded
+generator), then the accuracy on the test split. The metrics are the last epoch's, as d2l prints
+them: the mean loss per example and the accuracy of the training forward passes (dropout on,
+weights changing), and the test accuracy. The gradient is that of the batch mean (d2l
+back-propagates the batch sum; Adam is invariant to the scale apart from its eps).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertpipe import config
+from bertpipe.batches import Arrays, Batch, collate_snli, length_buckets, snli_lengths
+from bertpipe.evaluate import evaluate_accuracy
+from bertpipe.loop import Trainer
+from bertpipe.model import BERTClassifier
+from bertpipe.resume import Resume
+from bertpipe.runtime import Runtime, autocast, prepare
+
+log = logging.getLogger(__name__)
+
+CURVES = ["train/batch_loss", "train/batch_accuracy"]
+
+
+def step(net: nn.Module, b: Batch, rt: Runtime) -> tuple[Tensor, Tensor]:
+    """(loss to back-propagate, this rank's share of the batch's [mean loss, accuracy])."""
+    with autocast(rt):
+        logits = net(b["tokens"], b["segments"], b["valid_lens"])  # (B, C)
+    w = b["weights"]  # (B,)
+    loss = (F.cross_entropy(logits.float(), b["labels"], reduction="none") * w).sum()
+    loss = loss / b["num_examples"]
+    hits = (logits.detach().argmax(-1) == b["labels"]).float()  # (B,)
+    accuracy = (hits * w).sum() / b["num_examples"]
+    return loss * rt.world_size, torch.stack([loss, accuracy])
+
+
+def finetune(
+    model: BERTClassifier,
+    train: Arrays,
+    test: Arrays,
+    cfg: config.FinetuneConfig,
+    rt: Runtime,
+    live: Any = None,
+    resume: Resume | None = None,
+) -> dict[str, Any]:
+    """d2l's train_ch13 on length-bucketed batches; test accuracy after every epoch."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rt.rank)  # dropout: reproducible, different on every rank
+    lengths = snli_lengths(train)
+    # every epoch's batches, drawn up front: the schedule needs the number of steps
+    plans = [length_buckets(lengths, cfg.batch_size, gen) for _ in range(cfg.num_epochs)]
+    total = sum(map(len, plans))
+    trainer = Trainer(model, prepare(model, rt), cfg, total, rt, live, CURVES, resume)
+    log.info("fine-tuning: %d epochs over %d pairs, batches of %d, test on %d pairs",
+             cfg.num_epochs, len(lengths), cfg.batch_size, len(test["labels"]))  # fmt: skip
+    first = 0
+    for epoch, plan in enumerate(plans, start=1):
+        model.train()
+        desc = f"finetune {epoch}/{len(plans)}"
+        steps = trainer.run(step, train, plan, collate_snli, first, desc)  # (batches, 2)
+        first += len(plan)
+        if len(trainer.state.epochs) < epoch:  # not done before a resume
+            sizes = np.array([len(b) for b in plan], dtype=np.float64)  # (batches,)
+            result = {
+                "loss": round(float(steps[:, 0] @ sizes / sizes.sum()), 4),  # mean per example
+                "train_accuracy": round(float(steps[:, 1] @ sizes / sizes.sum()), 4),
+                "test_accuracy": round(evaluate_accuracy(model, test, cfg.batch_size, rt), 4),
+            }
+            trainer.log_epoch(result)
+            log.info("epoch %d: %s", epoch, result)
+    return {**trainer.state.epochs[-1][1], "num_epochs": cfg.num_epochs, "num_steps": total,
+            "examples_per_sec": trainer.speed.rate(),
+            "train_seconds": round(trainer.speed.seconds, 2), **rt.knobs()}  # fmt: skip
