@@ -13,7 +13,6 @@ import os
 
 from bertpipe import artifacts, config, wikitext
 from bertpipe.cli import run, stage_parser
-from bertpipe.vocab import UNK_ID
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         wikitext.save(tmp, corpus, vocab)
     log.info("wrote %d token ids to %s", corpus.num_tokens, args.out)
 
-    unk_rate = float((corpus.token_ids == UNK_ID).mean()) if corpus.num_tokens else 0.0
+    unk_rate = float((corpus.token_ids == vocab.unk_id).mean()) if corpus.num_tokens else 0.0
     metrics = {
         "paragraphs": corpus.num_paragraphs,
         "sentences": corpus.num_sentences,
