@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         token_to_id={t: i for i, t in enumerate(vocab.tokens)},
         max_len=cfg.max_len,
         dtype=artifacts.id_dtype(len(vocab)),
-        unk_id=vocab["<unk>"],
-        cls_id=vocab["<cls>"],
-        sep_id=vocab["<sep>"],
+        unk_id=vocab.unk_id,
+        cls_id=vocab.cls_id,
+        sep_id=vocab.sep_id,
     )
 
     metrics: dict = {"workers": args.workers}
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                 "splits": list(files),
                 "labels": list(snli.LABELS),
                 "id_dtype": encoder.dtype.name,
+                **vocab.special_ids(),  # pad_id pads batches; d2l's vocabularies move it
             },
         )
     log.info("wrote %s (splits: %s)", args.out, ", ".join(files))
