@@ -81,6 +81,14 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class ImportBertConfig:
+    """What d2l's published weights do not say; every size comes from the tensors' shapes."""
+
+    num_heads: int = _positive()  # splits the attention projections (bert.small: 4, base: 12)
+    dropout: float = _fraction()  # recorded in the checkpoint, used when fine-tuning from it
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     batch_size: int = _positive()
     lr: float = _positive()
@@ -97,11 +105,13 @@ class EvaluateConfig:
 SECTIONS: dict[str, type] = {
     "download_wikitext": DownloadConfig,
     "download_snli": DownloadConfig,
+    "download_bert": DownloadConfig,
     "tokenize_wikitext": TokenizeWikitextConfig,
     "make_examples": MakeExamplesConfig,
     "make_snli": MakeSnliConfig,
     "model": ModelConfig,
     "pretrain": PretrainConfig,
+    "import_bert": ImportBertConfig,
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
 }
