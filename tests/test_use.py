@@ -220,7 +220,8 @@ def test_a_vocabulary_that_is_not_the_models_is_refused(ckpt, tmp_path, capsys):
 
 
 def test_the_same_token_list_in_other_bytes_is_accepted(ckpt, tmp_path, capsys):
-    """d2l writes vocab.json compactly; import_bert records the canonical bytes' SHA-1."""
+    """One list, other bytes (no indentation): import_bert records the canonical bytes' SHA-1,
+    and the file a user has may be d2l's original."""
     compact = tmp_path / "vocab.json"
     compact.write_text(json.dumps(Vocab.load(ckpt / "vocab.json").tokens))
     assert artifacts.sha1_of_file(compact) != artifacts.sha1_of_file(ckpt / "vocab.json")

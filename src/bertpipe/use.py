@@ -65,8 +65,8 @@ def _checkpoint(load: Any, path: str | Path) -> tuple[Any, dict[str, Any]]:
 def load_vocab(path: str | Path, meta: dict[str, Any], model_path: str | Path) -> Vocab:
     """The vocabulary at `path`, refused unless it is the one the checkpoint was trained with.
 
-    It matches when its file's SHA-1 is the recorded one, or when its token list is (the same
-    list written in other bytes, e.g. d2l's original vocab.json for an imported model).
+    It matches when its file's SHA-1 is the recorded one, or when the SHA-1 of its token list in
+    our canonical bytes is (the same list written otherwise, e.g. without indentation).
     """
     vocab = Vocab.load(path, fix=PASS_VOCAB)
     canonical = artifacts.sha1_of_bytes(vocab.to_bytes())
