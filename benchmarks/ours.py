@@ -59,7 +59,7 @@ def tokenize(path: Path, workers: int = WORKERS) -> tuple[wikitext.Corpus, Vocab
 def examples(path: Path, workers: int = WORKERS) -> tuple[dict[str, np.ndarray], Vocab, int]:
     """make_examples' arrays, the vocabulary and the number of corpus tokens."""
     corpus, vocab = tokenize(path, workers)
-    return make_examples.make_examples(corpus, EXAMPLES), vocab, corpus.num_tokens
+    return make_examples.make_examples(corpus, vocab, EXAMPLES), vocab, corpus.num_tokens
 
 
 def encoder_for(vocab: Vocab, max_len: int = SNLI_MAX_LEN) -> snli.PairEncoder:

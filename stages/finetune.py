@@ -1,6 +1,7 @@
 """Fine-tune the pretrained BERT on SNLI: a new 3-way head on the <cls> vector, d2l's epochs.
 
-Reads:  --pretrained (data/pretrain/model.safetensors), --snli (data/make_snli/)
+Reads:  --pretrained (data/pretrain/model.safetensors, or data/d2l_bert/<name>/ as
+        finetune.pretrained says), --snli (data/make_snli/)
 Writes: --out (data/finetune/model.safetensors), --metrics (metrics/finetune.json),
         --live (metrics/finetune_live/: DVCLive curves under plots/metrics/, x = step)
 Params: finetune (the model's shape and dropout come from the checkpoint)
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import torch
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         with artifacts.atomic_dir(args.out) as out:
             header = checkpoints.classifier_meta(bert_meta, labels)
-            checkpoints.save(Path(out) / "model.safetensors", model, header)
+            checkpoints.save(out / "model.safetensors", model, header)
         log.info("wrote %s", args.out)
     resume.clear()
     artifacts.write_json(args.metrics, metrics | {"num_train_pairs": len(train["labels"])})

@@ -10,10 +10,11 @@ Params: make_examples
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from bertpipe import artifacts, config, make_examples, wikitext
 from bertpipe.cli import UserError, run, stage_parser
-from bertpipe.vocab import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from bertpipe.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     num_slots = make_examples.max_num_mlm_preds(cfg.max_len, cfg.mask_rate)
 
     corpus = wikitext.load(args.corpus)
+    vocab = Vocab.load(Path(args.corpus) / "vocab.json")  # wikitext.load checked it: the ids
     log.info("loaded %d sentences from %s", corpus.num_sentences, args.corpus)
-    examples = make_examples.make_examples(corpus, cfg)
+    examples = make_examples.make_examples(corpus, vocab, cfg)
     n = len(examples["nsp_labels"])
     if n == 0:
         raise UserError(
@@ -43,10 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         "max_num_mlm_preds": num_slots,
         "vocab_size": corpus.vocab_size,
         "vocab_sha1": corpus.vocab_sha1,
-        "pad_id": PAD_ID,
-        "mask_id": MASK_ID,
-        "cls_id": CLS_ID,
-        "sep_id": SEP_ID,
+        "pad_id": vocab.pad_id,
+        "mask_id": vocab.mask_id,
+        "cls_id": vocab.cls_id,
+        "sep_id": vocab.sep_id,
         "id_dtype": artifacts.id_dtype(corpus.vocab_size).name,
     }
     with artifacts.atomic_dir(args.out) as tmp:

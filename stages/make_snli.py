@@ -1,7 +1,8 @@
 """Turn SNLI's train/test (and dev, if present) files into compact token-id arrays for fine-tuning.
 
 Reads:  --tables (data/download_snli/: snli_1.0_{train,test,dev}.txt),
-        --vocab (data/tokenize_wikitext/vocab.json)
+        --vocab (data/pretrain/vocab.json, or data/d2l_bert/<name>/ as finetune.pretrained
+        says: the vocabulary of the model fine-tuning starts from)
 Writes: --out (data/make_snli/: meta.json, one folder of arrays per split),
         --metrics (metrics/make_snli.json)
 Params: make_snli
@@ -39,9 +40,9 @@ def main(argv: list[str] | None = None) -> None:
         token_to_id={t: i for i, t in enumerate(vocab.tokens)},
         max_len=cfg.max_len,
         dtype=artifacts.id_dtype(len(vocab)),
-        unk_id=vocab["<unk>"],
-        cls_id=vocab["<cls>"],
-        sep_id=vocab["<sep>"],
+        unk_id=vocab.unk_id,
+        cls_id=vocab.cls_id,
+        sep_id=vocab.sep_id,
     )
 
     metrics: dict = {"workers": workers}
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             "splits": list(files),
             "labels": list(snli.LABELS),
             "id_dtype": encoder.dtype.name,
+            **vocab.special_ids(),  # where this vocabulary puts them (d2l's moves them)
         }
         artifacts.SNLI.save(out, {}, meta)
     log.info("wrote %s (splits: %s)", args.out, ", ".join(files))

@@ -1,7 +1,8 @@
 """Pretrain BERT on the WikiText-2 examples (MLM + NSP), d2l's fixed number of optimiser steps.
 
-Reads:  --examples (data/make_examples/)
-Writes: --out (data/pretrain/model.safetensors), --metrics (metrics/pretrain.json),
+Reads:  --examples (data/make_examples/), --vocab (data/tokenize_wikitext/vocab.json)
+Writes: --out (data/pretrain/: model.safetensors, and vocab.json, the vocabulary that gives its
+        ids meaning), --metrics (metrics/pretrain.json),
         --live (metrics/pretrain_live/: DVCLive curves under plots/metrics/, x = step)
 Params: pretrain, model
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
+import shutil
 
 import torch
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--examples", required=True, help="make_examples output folder")
+    parser.add_argument("--vocab", required=True, help="the examples' vocab.json")
     parser.add_argument("--out", required=True, help="output folder for model.safetensors")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
     parser.add_argument("--live", required=True, help="DVCLive folder for the training curves")
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.params}: model.max_position {model_cfg.max_position} is shorter than the "
             f"examples' max_len {meta['max_len']} ({args.examples}); raise model.max_position"
         )
+    if artifacts.sha1_of_file(args.vocab) != meta["vocab_sha1"]:
+        raise UserError(f"{args.vocab}: not the vocabulary of {args.examples}; rerun make_examples")
     params = {"pretrain": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)}
     resume = Resume.beside(args.out, fingerprint(params, [args.examples]), args.checkpoint_every)
 
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         with artifacts.atomic_dir(args.out) as out:
             header = checkpoints.bert_meta(model_cfg, meta["vocab_size"], meta["vocab_sha1"])
-            checkpoints.save(Path(out) / "model.safetensors", model, header)
+            checkpoints.save(out / "model.safetensors", model, header)
+            shutil.copyfile(args.vocab, out / "vocab.json")
         log.info("wrote %s", args.out)
     resume.clear()
     metrics |= {"num_parameters": num_parameters(model), "num_examples": meta["num_examples"]}

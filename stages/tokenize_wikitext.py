@@ -14,7 +14,6 @@ import logging
 
 from bertpipe import artifacts, config, wikitext
 from bertpipe.cli import add_workers_arg, processes, run, stage_parser
-from bertpipe.vocab import UNK_ID
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         wikitext.save(tmp, corpus, vocab)
     log.info("wrote %d token ids to %s", corpus.num_tokens, args.out)
 
-    unk_rate = float((corpus.token_ids == UNK_ID).mean()) if corpus.num_tokens else 0.0
+    unk_rate = float((corpus.token_ids == vocab.unk_id).mean()) if corpus.num_tokens else 0.0
     metrics = {
         "num_paragraphs": corpus.num_paragraphs,
         "num_sentences": corpus.num_sentences,

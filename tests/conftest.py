@@ -46,6 +46,7 @@ import torch
 
 from bertpipe import artifacts, checkpoints, config
 from bertpipe.model import BERTModel
+from bertpipe.vocab import SPECIALS, Vocab
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,7 +204,8 @@ def stage() -> Callable[[str], ModuleType]:
 
 VOCAB = 37  # 5 special ids, then 32 content ids
 CONTENT = np.arange(5, VOCAB)
-SHA = "0123456789abcdef0123456789abcdef01234567"
+TOKENS = Vocab([*SPECIALS, *(f"w{i}" for i in CONTENT)])
+SHA = TOKENS.sha1  # of the vocab.json that `write_vocab` writes
 LABELS = ["entailment", "contradiction", "neutral"]
 TINY = config.ModelConfig(
     num_hiddens=24, ffn_num_hiddens=48, num_heads=2, num_blks=2, dropout=0.0, max_position=40
@@ -255,6 +257,12 @@ def write_examples(folder: Path, n: int = 384, max_len: int = 20, seed: int = 0)
     return folder
 
 
+def write_vocab(path: Path) -> Path:
+    """The vocabulary of these fakes: the five specials, then w5 ... w36."""
+    TOKENS.save(path)
+    return path
+
+
 def snli_arrays(pairs: list[tuple[list[int], list[int]]], labels: np.ndarray) -> dict:
     """make_snli's arrays for (premise ids, hypothesis ids) pairs: `<cls> p <sep> h <sep>`."""
     ids, offsets, starts = [], [0], []
@@ -291,7 +299,8 @@ def write_snli(folder: Path, sizes: dict[str, int], max_len: int = 24, sha: str 
         }, ids="uint16")  # fmt: skip
     artifacts.SNLI.save(folder, {}, {
         "vocab_size": VOCAB, "vocab_sha1": sha, "max_len": max_len, "splits": list(sizes),
-        "labels": LABELS, "id_dtype": "uint16",
+        "labels": LABELS, "id_dtype": "uint16", "unk_id": 0, "pad_id": 1, "mask_id": 2,
+        "cls_id": 3, "sep_id": 4,
     })  # fmt: skip
     return folder
 
@@ -316,6 +325,6 @@ def read_curve(live: Path, name: str) -> np.ndarray:
 def fake() -> SimpleNamespace:
     """The writers above, with the constants they use (vocabulary of 37, a tiny model)."""
     return SimpleNamespace(
-        VOCAB=VOCAB, SHA=SHA, LABELS=LABELS, TINY=TINY, examples=write_examples,
+        VOCAB=VOCAB, SHA=SHA, LABELS=LABELS, TINY=TINY, examples=write_examples, vocab=write_vocab,
         snli_arrays=snli_arrays, snli=write_snli, bert=write_bert, curve=read_curve,
     )  # fmt: skip

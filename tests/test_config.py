@@ -3,6 +3,7 @@ an error that names the file and the key."""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,20 @@ def repo_params() -> dict:
 @pytest.mark.parametrize("section", sorted(config.SECTIONS))
 def test_every_section_of_the_repo_params_loads(section):
     cfg = config.load(REPO / "params.yaml", section)
-    assert isinstance(cfg, config.SECTIONS[section])
+    kind = config.SECTIONS[section]
+    assert isinstance(cfg, typing.get_origin(kind) or kind)
+
+
+def test_d2l_bert_entries_are_checked_each(tmp_path):
+    doc = repo_params()
+    sha1 = "c72329e68a732bef0452e4b96a1c341c8910f81f"
+    doc["d2l_bert"] = {"bert_small": {"mirrors": ["x.zip"], "sha1": sha1, "num_heads": 4,
+                                      "dropout": 0.2}}  # fmt: skip
+    entries = config.load(write_params(tmp_path, doc), "d2l_bert")
+    assert entries["bert_small"] == config.D2lBertConfig(("x.zip",), sha1, 4, 0.2)
+    doc["d2l_bert"]["bert_small"]["num_heads"] = 0
+    with pytest.raises(ParamsError, match=r"d2l_bert\.bert_small\.num_heads: expected a pos"):
+        config.load(write_params(tmp_path, doc), "d2l_bert")
 
 
 def test_values_keep_their_types():

@@ -13,10 +13,12 @@ import pytest
 from bertpipe import make_examples
 from bertpipe.cli import UserError
 from bertpipe.config import MakeExamplesConfig
-from bertpipe.vocab import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from bertpipe.vocab import SPECIALS, Vocab
 from bertpipe.wikitext import Corpus
 
 V = 37  # vocabulary size of the generated corpora; content ids are 5..36 (no specials)
+VOCAB = Vocab([*SPECIALS, *(f"w{i}" for i in range(5, V))])  # the specials at ids 0-4, as ours
+CLS_ID, MASK_ID, PAD_ID, SEP_ID = VOCAB.cls_id, VOCAB.mask_id, VOCAB.pad_id, VOCAB.sep_id
 STAGES = Path(__file__).resolve().parents[1] / "stages"
 ARRAYS = ["token_ids", "segments", "valid_lens", "pred_positions", "mlm_labels", "mlm_weights"]
 
@@ -85,7 +87,7 @@ def test_max_num_mlm_preds():
 
 def test_layout_dtypes_and_padding():
     corpus = random_corpus()
-    ex = make_examples.make_examples(corpus, cfg())
+    ex = make_examples.make_examples(corpus, VOCAB, cfg())
     n = len(ex["nsp_labels"])
     assert n > 500
     shapes = {k: v.shape for k, v in ex.items()}
@@ -117,7 +119,7 @@ def test_layout_dtypes_and_padding():
 
 def test_pairs_are_corpus_sentences_and_true_next_when_labelled():
     corpus = random_corpus(seed=5)
-    ex = make_examples.make_examples(corpus, cfg(next_sentence_prob=0.4))
+    ex = make_examples.make_examples(corpus, VOCAB, cfg(next_sentence_prob=0.4))
     s, p = corpus.sentence_offsets, corpus.paragraph_offsets
     where = defaultdict(list)  # sentence content -> its indices
     for i in range(corpus.num_sentences):
@@ -133,7 +135,7 @@ def test_pairs_are_corpus_sentences_and_true_next_when_labelled():
 
 
 def test_number_of_predictions_and_labels():
-    ex = make_examples.make_examples(random_corpus(seed=2), cfg(mask_rate=0.2))
+    ex = make_examples.make_examples(random_corpus(seed=2), VOCAB, cfg(mask_rate=0.2))
     valid = ex["valid_lens"].astype(int)
     expected = np.maximum(1, [round(v * 0.2) for v in valid])
     assert np.array_equal(ex["mlm_weights"].sum(axis=1), expected)
@@ -150,7 +152,7 @@ def test_number_of_predictions_and_labels():
 
 def test_mask_keep_random_shares():
     corpus = random_corpus(seed=3, paragraphs=2001, longest=20)
-    ex = make_examples.make_examples(corpus, cfg(max_len=43, seed=4))
+    ex = make_examples.make_examples(corpus, VOCAB, cfg(max_len=43, seed=4))
     got, labels = predicted(ex)
     assert len(got) > 20000
     masked, kept = got == MASK_ID, got == labels
@@ -167,7 +169,9 @@ def test_positions_are_uniform_over_candidates():
     # <cls> 10 <sep> 10 <sep> (length 23, 20 candidates, round(3.45) = 3 predictions).
     sizes, lens = np.full(3001, 2), np.full(6002, 10)
     ids = np.random.default_rng(0).integers(5, V, 60020)
-    ex = make_examples.make_examples(corpus_of(ids, lens, sizes), cfg(64, next_sentence_prob=1.0))
+    ex = make_examples.make_examples(
+        corpus_of(ids, lens, sizes), VOCAB, cfg(64, next_sentence_prob=1.0)
+    )
     assert np.all(ex["valid_lens"] == 23) and np.all(ex["mlm_weights"].sum(axis=1) == 3)
     pos = ex["pred_positions"][:, :3].ravel()
     counts = np.bincount(pos, minlength=23)
@@ -182,7 +186,7 @@ def test_literal_specials_in_the_text_are_never_predicted():
     sizes = rng.integers(1, 6, 701)
     lens = rng.integers(1, 7, sizes.sum())
     corpus = corpus_of(rng.integers(3, 7, lens.sum()), lens, sizes)
-    ex = make_examples.make_examples(corpus, cfg(max_len=41))
+    ex = make_examples.make_examples(corpus, VOCAB, cfg(max_len=41))
     _, labels = predicted(ex)
     assert len(labels) > 1000 and not np.isin(labels, [CLS_ID, SEP_ID]).any()
     original = restored(ex)
@@ -201,7 +205,7 @@ def test_nsp_positive_rate_and_pairs():
     assert np.array_equal(np.sort(a), adjacent)  # every adjacent pair exactly once
     assert np.all(b[is_next] == a[is_next] + 1)
     assert is_next.mean() == pytest.approx(0.3, abs=0.03)
-    ex = make_examples.make_examples(corpus, cfg(max_len=43, next_sentence_prob=0.3))
+    ex = make_examples.make_examples(corpus, VOCAB, cfg(max_len=43, next_sentence_prob=0.3))
     assert len(ex["nsp_labels"]) == len(adjacent)  # 20 + 20 + 3 <= 43: nothing dropped
     assert ex["nsp_labels"].mean() == pytest.approx(0.3, abs=0.03)
 
@@ -225,33 +229,63 @@ def test_overlong_pairs_are_dropped_after_substitution():
     sizes = np.r_[np.full(100, 2), np.full(100, 1)]
     lens = np.r_[np.full(200, 2), np.full(100, 50)]
     corpus = corpus_of(np.full(lens.sum(), 9), lens, sizes)
-    true_next = make_examples.make_examples(corpus, cfg(max_len=20, next_sentence_prob=1.0))
+    true_next = make_examples.make_examples(corpus, VOCAB, cfg(max_len=20, next_sentence_prob=1.0))
     assert len(true_next["nsp_labels"]) == 100
-    random_next = make_examples.make_examples(corpus, cfg(max_len=20, next_sentence_prob=0.0))
+    random_next = make_examples.make_examples(
+        corpus, VOCAB, cfg(max_len=20, next_sentence_prob=0.0)
+    )
     assert 35 <= len(random_next["nsp_labels"]) <= 65  # b from a long paragraph: dropped
     assert np.all(random_next["valid_lens"] == 7)
 
 
 def test_length_limit_is_inclusive():
     corpus = corpus_of(np.full(93, 7), [30, 31, 32], [3])
-    ex = make_examples.make_examples(corpus, cfg(max_len=64, next_sentence_prob=1.0))
+    ex = make_examples.make_examples(corpus, VOCAB, cfg(max_len=64, next_sentence_prob=1.0))
     assert ex["valid_lens"].tolist() == [64]  # 30+31+3 kept, 31+32+3 dropped
     assert ex["mlm_weights"].sum() == 10
 
 
 def test_empty_sentence_makes_a_valid_pair():
     corpus = corpus_of([11, 12, 13], [0, 3], [2])
-    ex = make_examples.make_examples(corpus, cfg(max_len=9, next_sentence_prob=1.0))
+    ex = make_examples.make_examples(corpus, VOCAB, cfg(max_len=9, next_sentence_prob=1.0))
     assert restored(ex).tolist() == [[CLS_ID, SEP_ID, 11, 12, 13, SEP_ID, 1, 1, 1]]
     assert ex["segments"].tolist() == [[0, 0, 1, 1, 1, 1, 0, 0, 0]]
 
 
 def test_same_seed_same_arrays_other_seed_different():
     corpus = random_corpus(seed=8)
-    one, two = (make_examples.make_examples(corpus, cfg(seed=11)) for _ in range(2))
-    other = make_examples.make_examples(corpus, cfg(seed=12))
+    one, two = (make_examples.make_examples(corpus, VOCAB, cfg(seed=11)) for _ in range(2))
+    other = make_examples.make_examples(corpus, VOCAB, cfg(seed=12))
     assert all(np.array_equal(one[k], two[k]) for k in one)
     assert not np.array_equal(one["nsp_labels"], other["nsp_labels"][: len(one["nsp_labels"])])
+
+
+def test_special_ids_come_from_the_vocabulary():
+    """A d2l 1.0.3-style vocabulary (alphabetical: "0".."9" sort before the specials, which
+    land at ids 10-14) gives the same examples as ours, with its own special ids."""
+    words = [str(d) for d in range(10)] + [f"w{i}" for i in range(15, V)]
+    d2l = Vocab(sorted([*SPECIALS, *words]))
+    assert (d2l.cls_id, d2l.mask_id, d2l.pad_id, d2l.sep_id, d2l.unk_id) == (10, 11, 12, 13, 14)
+    ours_vocab = Vocab([*SPECIALS, *words])  # the same tokens, specials at 0-4
+    to_d2l = np.array([d2l[t] for t in ours_vocab.tokens])  # our id -> d2l's id of that token
+    corpus = random_corpus(seed=3)
+    theirs_corpus = Corpus(**{**vars(corpus), "token_ids": to_d2l[corpus.token_ids]})
+    ours = make_examples.make_examples(corpus, ours_vocab, cfg(max_len=43))
+    theirs = make_examples.make_examples(theirs_corpus, d2l, cfg(max_len=43))
+    for name in ("segments", "valid_lens", "pred_positions", "mlm_weights", "nsp_labels"):
+        assert np.array_equal(theirs[name], ours[name]), name
+    valid = ours["valid_lens"].astype(int)
+    real = np.arange(43) < valid[:, None]
+    assert np.array_equal(restored(theirs)[real], to_d2l[restored(ours)][real])
+    assert np.all(theirs["token_ids"][~real] == d2l.pad_id)
+    assert np.all(theirs["token_ids"][:, 0] == d2l.cls_id)
+    assert np.all(theirs["token_ids"][np.arange(len(valid)), valid - 1] == d2l.sep_id)
+    got, labels = predicted(theirs)
+    assert not np.isin(labels, [d2l.cls_id, d2l.sep_id]).any()
+    assert (got == d2l.mask_id).mean() == pytest.approx(0.8 + 0.1 / V, abs=0.03)
+    assert (got == ours_vocab.mask_id).mean() < 0.03  # only random replacements
+    with pytest.raises(ValueError, match="vocabulary of 36 tokens for a corpus of 37"):
+        make_examples.make_examples(corpus, Vocab(ours_vocab.tokens[:-1]), cfg())
 
 
 # ---- the two stages end to end, on a generated WikiText-like file -------------------------

@@ -189,6 +189,8 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
     meta = artifacts.read_json(out / "meta.json")
     assert meta["splits"] == ["train", "test"] and meta["id_dtype"] == "uint16"
     assert meta["vocab_size"] == 8 and meta["max_len"] == 7
+    specials = {"unk_id": 0, "pad_id": 1, "mask_id": 2, "cls_id": 3, "sep_id": 4}
+    assert {k: meta[k] for k in specials} == specials
     assert meta["vocab_sha1"] == artifacts.sha1_of_file(tmp_path / "vocab.json")
     assert artifacts.read_json(out / "test" / "meta.json") == {
         "num_pairs": 1,
@@ -217,3 +219,26 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
     make_snli.main([*argv, "--workers=2"])
     assert artifacts.read_json(out / "meta.json")["splits"] == ["train", "test", "dev"]
     assert artifacts.read_json(metrics)["dev"]["label_counts"]["contradiction"] == 1
+
+
+def test_stage_takes_the_special_ids_from_a_d2l_ordered_vocabulary(tmp_path, monkeypatch):
+    """d2l 1.0.3's vocab.json is alphabetical: '.' sorts before the specials, 'a' after them."""
+    src = tmp_path / "download_snli"
+    write_snli(src, "train", [row("neutral", "( a dog )", "( ( a cat ) runs . )")])
+    write_snli(src, "test", [row("entailment", "( a )", "( dog . )")])
+    tokens = sorted([*SPECIALS, ".", "a", "cat", "dog"])
+    assert tokens[:6] == [".", "<cls>", "<mask>", "<pad>", "<sep>", "<unk>"]
+    (tmp_path / "vocab.json").write_text(json.dumps(tokens))
+    (tmp_path / "params.yaml").write_text("make_snli:\n  max_len: 20\n")
+    out = tmp_path / "make_snli"
+    monkeypatch.setenv("BERTPIPE_WORKERS", "1")
+    argv = [f"--params={tmp_path / 'params.yaml'}", f"--tables={src}", f"--out={out}"]
+    argv += [f"--vocab={tmp_path / 'vocab.json'}", f"--metrics={tmp_path / 'm.json'}"]
+    make_snli.main(argv)
+    meta = artifacts.read_json(out / "meta.json")
+    assert {k: meta[k] for k in ("unk_id", "pad_id", "mask_id", "cls_id", "sep_id")} == {
+        "unk_id": 5, "pad_id": 3, "mask_id": 2, "cls_id": 1, "sep_id": 4,
+    }  # fmt: skip
+    train = artifacts.load_arrays(out / "train", ["token_ids"])["token_ids"]
+    # <cls> a dog <sep> a cat runs(unknown) . <sep>
+    assert train.tolist() == [1, 6, 8, 4, 6, 7, 5, 0, 4]

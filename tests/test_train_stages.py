@@ -22,7 +22,8 @@ PARAMS = {
     "model": {"num_hiddens": 24, "ffn_num_hiddens": 48, "num_heads": 2, "num_blks": 2,
               "dropout": 0.1, "max_position": 40},
     "pretrain": {"batch_size": 64, "lr": 0.01, "num_steps": 12, "seed": 0, **D2L_OPTIMISER},
-    "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": 2, "seed": 0, **D2L_OPTIMISER},
+    "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": 2, "seed": 0,
+                 "pretrained": "pretrain", **D2L_OPTIMISER},
     "evaluate": {"batch_size": 16, "split": "dev"},
 }  # fmt: skip
 
@@ -33,6 +34,7 @@ def work(tmp_path, monkeypatch, fake) -> Path:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     fake.examples(tmp_path / "data" / "make_examples", n=200)
+    fake.vocab(tmp_path / "vocab.json")
     fake.snli(tmp_path / "data" / "make_snli", {"train": 200, "test": 40, "dev": 30})
     return tmp_path
 
@@ -40,6 +42,7 @@ def work(tmp_path, monkeypatch, fake) -> Path:
 def pretrain_args(root: Path) -> list[str]:
     return [
         "--params", str(root / "params.yaml"), "--examples", str(root / "data/make_examples"),
+        "--vocab", str(root / "vocab.json"),
         "--out", str(root / "data/pretrain"), "--metrics", str(root / "metrics/pretrain.json"),
         "--live", str(root / "metrics/pretrain_live"), "--device", "cpu",
     ]  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 
 from bertpipe import wikitext
 from bertpipe.cli import UserError
-from bertpipe.vocab import SPECIALS, UNK_ID, Vocab
+from bertpipe.vocab import SPECIALS, Vocab
 
 STAGE = Path(__file__).resolve().parents[1] / "stages" / "tokenize_wikitext.py"
 
@@ -99,7 +99,7 @@ def test_encode_offsets_and_ids():
     a, b = vocab["a"], vocab["b"]
     assert (a, b) == (5, 6)
     assert corpus.token_ids.dtype == np.uint16
-    assert corpus.token_ids.tolist() == [b, a, UNK_ID, a, UNK_ID, a, b, b]
+    assert corpus.token_ids.tolist() == [b, a, 0, a, 0, a, b, b]  # 0: <unk>
     assert corpus.sentence_offsets.tolist() == [0, 2, 3, 7, 7, 8]  # an empty sentence is kept
     assert corpus.paragraph_offsets.tolist() == [0, 2, 3, 5]
     assert (corpus.num_paragraphs, corpus.num_sentences, corpus.num_tokens) == (3, 5, 8)
@@ -232,7 +232,7 @@ def test_stage_end_to_end_is_deterministic(tmp_path):
     )
     corpus_arrays = wikitext.load(tmp_path / "one")
     assert metrics["unk_rate"] == pytest.approx(3 / num_tokens, abs=1e-6)  # the literal <unk>s
-    assert (corpus_arrays.token_ids == UNK_ID).sum() == 3
+    assert (corpus_arrays.token_ids == vocab.unk_id).sum() == 3
 
 
 def test_stage_bad_corpus_leaves_no_output(tmp_path):

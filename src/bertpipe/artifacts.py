@@ -216,8 +216,10 @@ EXAMPLES = ArrayFolder(
     ),
 )
 
+SPECIAL_IDS = ("unk_id", "pad_id", "mask_id", "cls_id", "sep_id")  # wherever the vocab puts them
+
 SNLI = ArrayFolder(  # the top of make_snli's folder: one SNLI_SPLIT folder per split
-    "make_snli", arrays={}, meta=("max_len", "splits", "labels", *VOCAB)
+    "make_snli", arrays={}, meta=("max_len", "splits", "labels", *VOCAB, *SPECIAL_IDS)
 )
 
 SNLI_SPLIT = ArrayFolder(

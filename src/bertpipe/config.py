@@ -119,11 +119,31 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class D2lBertConfig:
+    """One of d2l's published weight archives (`bert.small`, `bert.base`) to fine-tune from.
+
+    The archive is checked against `sha1`; every size comes from the tensors' shapes, except the
+    number of attention heads, which leaves no trace in them.
+    """
+
+    mirrors: tuple[str, ...]  # URLs (http, https, file://) or local paths, tried in order
+    sha1: str  # of the whole archive (d2l's DATA_HUB value)
+    num_heads: int = _positive()  # bert.small: 4, bert.base: 12
+    dropout: float = _fraction()  # while fine-tuning from it (d2l hard-codes 0.2)
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     batch_size: int = _positive()
     lr: float = _positive()
     num_epochs: int = _positive()
     seed: int
+    # where fine-tuning starts: `pretrain` (this pipeline's model) or `d2l_bert/<name>` (d2l's
+    # published weights, listed under d2l_bert); dvc.yaml reads it, to wire the stages
+    pretrained: str = field(default="pretrain", metadata={"check": (
+        lambda v: v == "pretrain" or (v.startswith("d2l_bert/") and "/" not in v[9:]),
+        "pretrain or d2l_bert/<name of a d2l_bert entry>",
+    )})  # fmt: skip
     warmup_fraction: float = _fraction(default=0.0)  # as in `pretrain`
     lr_schedule: str = _one_of(*SCHEDULES, default="constant")
     weight_decay: float = _at_least_zero(default=0.0)
@@ -144,6 +164,7 @@ SECTIONS: dict[str, type] = {
     "make_snli": MakeSnliConfig,
     "model": ModelConfig,
     "pretrain": PretrainConfig,
+    "d2l_bert": dict[str, D2lBertConfig],  # named archives; `{}`: none (the default)
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
 }
@@ -169,7 +190,7 @@ def load(path: str | Path, name: str) -> Any:
         )
     if name not in document:
         raise ParamsError(f"{path}: missing section '{name}'")
-    return parse_section(SECTIONS[name], document[name], f"{path}: {name}")
+    return _convert(document[name], SECTIONS[name], f"{path}: {name}")
 
 
 def parse_section(cls: type[T], values: Any, where: str) -> T:
@@ -200,6 +221,8 @@ def parse_section(cls: type[T], values: Any, where: str) -> T:
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return parse_section(hint, value, where)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

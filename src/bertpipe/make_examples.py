@@ -24,7 +24,7 @@ import numpy as np
 
 from bertpipe import artifacts
 from bertpipe.config import MakeExamplesConfig
-from bertpipe.vocab import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from bertpipe.vocab import Vocab
 from bertpipe.wikitext import Corpus
 
 MASK_BELOW, KEEP_BELOW = 0.8, 0.9  # a uniform draw below 0.8 masks, below 0.9 keeps, else random
@@ -58,7 +58,7 @@ def nsp_pairs(
 
 
 def pack_pairs(
-    corpus: Corpus, a: np.ndarray, b: np.ndarray, max_len: int
+    corpus: Corpus, vocab: Vocab, a: np.ndarray, b: np.ndarray, max_len: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`<cls> a <sep> b <sep> <pad>...` as (N, L) ids (id dtype), (N, L) segments, (N,) lengths.
 
@@ -69,14 +69,14 @@ def pack_pairs(
     n = len(a)
     len_a, len_b = s[a + 1] - s[a], s[b + 1] - s[b]  # (N,)
     valid_lens = len_a + len_b + 3  # (N,)
-    tokens = np.full((n, max_len), PAD_ID, dtype=corpus.token_ids.dtype)
+    tokens = np.full((n, max_len), vocab.pad_id, dtype=corpus.token_ids.dtype)
     flat = tokens.reshape(-1)
     row_start = np.arange(n) * max_len  # (N,) flat index of each row's position 0
-    flat[row_start] = CLS_ID
+    flat[row_start] = vocab.cls_id
     flat[_ranges(row_start + 1, len_a)] = corpus.token_ids[_ranges(s[a], len_a)]
-    flat[row_start + len_a + 1] = SEP_ID
+    flat[row_start + len_a + 1] = vocab.sep_id
     flat[_ranges(row_start + len_a + 2, len_b)] = corpus.token_ids[_ranges(s[b], len_b)]
-    flat[row_start + valid_lens - 1] = SEP_ID
+    flat[row_start + valid_lens - 1] = vocab.sep_id
     col = np.arange(max_len, dtype=np.int16)[None, :]  # (1, L)
     segments = (col >= (len_a + 2)[:, None]) & (col < valid_lens[:, None])  # b and its <sep>
     return tokens, segments.view(np.uint8), valid_lens
@@ -91,7 +91,7 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def mask_tokens(
     tokens: np.ndarray,
     valid_lens: np.ndarray,
-    vocab_size: int,
+    vocab: Vocab,
     mask_rate: float,
     num_slots: int,
     rng: np.random.Generator,
@@ -100,7 +100,7 @@ def mask_tokens(
     n, max_len = tokens.shape
     rows = np.arange(n)[:, None]  # (N, 1)
     candidate = np.arange(max_len) < valid_lens[:, None]  # (N, L)
-    candidate &= (tokens != CLS_ID) & (tokens != SEP_ID)
+    candidate &= (tokens != vocab.cls_id) & (tokens != vocab.sep_id)
     wanted = np.minimum(num_mlm_preds(valid_lens, mask_rate), candidate.sum(axis=1))  # (N,)
     # The num_preds smallest random keys among candidates are a uniform random subset of them.
     keys = rng.random((n, max_len))
@@ -112,24 +112,28 @@ def mask_tokens(
     positions = np.where(used, positions, 0)
     labels = np.where(used, tokens[rows, positions], 0)
     draw = rng.random((n, num_slots))
-    random_ids = rng.integers(0, vocab_size, (n, num_slots))
-    replacement = np.select([draw < MASK_BELOW, draw < KEEP_BELOW], [MASK_ID, labels], random_ids)
+    random_ids = rng.integers(0, len(vocab), (n, num_slots))
+    masked = vocab.mask_id
+    replacement = np.select([draw < MASK_BELOW, draw < KEEP_BELOW], [masked, labels], random_ids)
     flat = (rows * max_len + positions)[used]  # (real slots,) flat positions in tokens
     tokens.reshape(-1)[flat] = replacement[used]
     return tokens, positions, labels, used.astype(np.uint8)
 
 
-def make_examples(corpus: Corpus, cfg: MakeExamplesConfig) -> dict[str, np.ndarray]:
-    """All pretraining examples of `corpus`, as the arrays `make_examples` writes."""
+def make_examples(corpus: Corpus, vocab: Vocab, cfg: MakeExamplesConfig) -> dict[str, np.ndarray]:
+    """All pretraining examples of `corpus`, as the arrays `make_examples` writes; `vocab` (the
+    corpus's) gives the special ids."""
+    if len(vocab) != corpus.vocab_size:
+        raise ValueError(f"vocabulary of {len(vocab)} tokens for a corpus of {corpus.vocab_size}")
     num_slots = max_num_mlm_preds(cfg.max_len, cfg.mask_rate)  # >= 1: config checks it
     rng = np.random.default_rng(cfg.seed)
     a, b, is_next = nsp_pairs(corpus, cfg.next_sentence_prob, rng)
     s = corpus.sentence_offsets
     fits = (s[a + 1] - s[a]) + (s[b + 1] - s[b]) + 3 <= cfg.max_len
     a, b, is_next = a[fits], b[fits], is_next[fits]
-    tokens, segments, valid_lens = pack_pairs(corpus, a, b, cfg.max_len)
+    tokens, segments, valid_lens = pack_pairs(corpus, vocab, a, b, cfg.max_len)
     tokens, positions, labels, weights = mask_tokens(
-        tokens, valid_lens, corpus.vocab_size, cfg.mask_rate, num_slots, rng
+        tokens, valid_lens, vocab, cfg.mask_rate, num_slots, rng
     )
     ids = artifacts.id_dtype(corpus.vocab_size)
     return {

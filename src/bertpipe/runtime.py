@@ -93,19 +93,25 @@ def add_speed_args(parser: Any, training: bool = True) -> None:
     )
 
 
-def _pick_device(name: str, local_rank: int) -> torch.device:
-    if name != "auto":
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:N` or `mps`, checked usable."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
         device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {name}: this torch build sees no CUDA device; use cpu")
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", local_rank)
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    except RuntimeError:
+        raise UserError(
+            f"--device {name}: not a device (try auto, cpu, cuda, cuda:0, mps)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this torch build sees no CUDA device; use cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available here; use cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
 
 
 def _keep_freed_memory() -> None:
@@ -135,7 +141,7 @@ def runtime(device: str, workers: int, compile: str, distributed: bool) -> Itera
     if workers < 0:
         raise UserError(f"--workers (or $BERTPIPE_WORKERS): expected 0 or more, got {workers}")
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
