@@ -1,6 +1,6 @@
 """Downloads against a real loopback HTTP server (tests/conftest.py) and local copies: mirror
 fall-through, SHA-1 rules, retries, Range resume within and across runs, silent, trickling and
-slow mirrors, error pages, unsafe archives, no leftovers."""
+slow mirrors, error pages, unsafe archives (escapes, bombs, lying headers), no leftovers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import importlib.util
 import io
 import json
 import socket
+import struct
 import time
 import zipfile
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 from bertpipe import download
 from bertpipe.cli import UserError
 from bertpipe.config import DownloadConfig
-from bertpipe.download import HttpPolicy
+from bertpipe.download import ArchiveLimits, HttpPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = HttpPolicy(attempts=3, backoff_s=0.01, connect_timeout_s=2.0, read_timeout_s=5.0)
@@ -408,6 +409,72 @@ def test_archive_with_missing_duplicate_or_unsafe_members_fails(tmp_path, member
             cfg_for([str(archive)], sha1(archive.read_bytes())), tmp_path / "d/out", FAST
         )
     assert list(tmp_path.rglob("*.tokens")) == []  # nothing extracted, inside `d` or beside it
+
+
+def deflated_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def declare_size(archive: bytes, name: str, size: int) -> bytes:
+    """`archive` with the uncompressed size of member `name` changed to `size` in both its
+    central directory entry (what zipfile reads) and its local header."""
+    out = bytearray(archive)
+    entry = out.find(b"PK\x01\x02")
+    while out[entry + 46 : entry + 46 + struct.unpack_from("<H", out, entry + 28)[0]] != (
+        name.encode()
+    ):
+        entry = out.find(b"PK\x01\x02", entry + 4)
+    struct.pack_into("<I", out, entry + 24, size)
+    local = struct.unpack_from("<I", out, entry + 42)[0]
+    struct.pack_into("<I", out, local + 22, size)
+    return bytes(out)
+
+
+SMALL_FILES = {k: v for k, v in CONTENT.items() if k != "wiki.train.tokens"}
+
+
+def test_zip_bomb_is_refused_before_anything_is_extracted(tmp_path):
+    bomb = deflated_zip({"wiki.train.tokens": bytes(20_000_000), **SMALL_FILES})  # ~20 kB
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(bomb)
+    declared = 20_000_000 + sum(map(len, SMALL_FILES.values()))
+    # The archive SHA-1 matches, so only the limits can reject it.
+    message = rf"refused before extracting: .* {declared:,} bytes, [\d,]+ times the archive's"
+    with pytest.raises(UserError, match=message):
+        download.fetch(cfg_for([str(archive)], sha1(bomb)), tmp_path / "out", FAST)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(download.MirrorError, match="refused before extracting"):
+        download._extract(archive, cfg_for([]).files, staging, download.DEFAULT_LIMITS)
+    assert list(staging.iterdir()) == []  # not one byte written
+
+
+def test_archive_unpacking_past_the_absolute_limit_is_refused(tmp_path):
+    archive = tmp_path / "w.zip"
+    archive.write_bytes(ORIGINAL)  # stored: it unpacks to about its own size
+    limits = ArchiveLimits(max_bytes=100_000)
+    with pytest.raises(UserError, match=r"more than the limit of 100,000 bytes"):
+        download.fetch(cfg_for([str(archive)]), tmp_path / "out", FAST, limits)
+    assert not (tmp_path / "out").exists()
+
+
+def test_member_longer_than_its_header_declares_is_cut_there_and_rejected(tmp_path):
+    honest = deflated_zip({"wiki.train.tokens": bytes(1_000_000), **SMALL_FILES})
+    lying = declare_size(honest, "wiki.train.tokens", 1000)
+    assert zipfile.ZipFile(io.BytesIO(lying)).getinfo("wiki.train.tokens").file_size == 1000
+    archive = tmp_path / "lying.zip"
+    archive.write_bytes(lying)
+    with pytest.raises(UserError, match=r"member 'wiki.train.tokens' does not match its header"):
+        download.fetch(cfg_for([str(archive)], sha1(lying)), tmp_path / "out", FAST)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(download.MirrorError, match="does not match its header"):
+        download._extract(archive, cfg_for([]).files, staging, download.DEFAULT_LIMITS)
+    assert (staging / "wiki.train.tokens").stat().st_size <= 1000
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ low-speed limit is abandoned, and a mirror whose attempts keep stalling is given
 `HttpPolicy`). A mirror passes when the archive's SHA-1 matches `sha1`, or, for mirrors that
 repackage the data, when every listed member has a SHA-1 and all of them match. Members are found
 by basename anywhere in the archive and streamed flat into the output folder, which appears only
-once everything passed.
+once everything passed; what they may unpack to is bounded before anything is written
+(`ArchiveLimits`), and no member is written past the size its header declares.
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ class HttpPolicy:
 DEFAULT_HTTP = HttpPolicy()
 
 
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What the wanted members of an archive may unpack to, by the sizes their headers declare.
+
+    Checked before anything is extracted; no member is then written past its declared size.
+    """
+
+    max_ratio: float = 64.0  # declared total / archive size (text zips are ~3-11x)
+    max_bytes: int = 16 << 30  # declared total
+
+
+DEFAULT_LIMITS = ArchiveLimits()
+
+
 class MirrorError(Exception):
     """This mirror cannot be used; the message says why. The next mirror is tried."""
 
@@ -103,6 +118,7 @@ def fetch(
     cfg: DownloadConfig,
     out: str | Path,
     http: HttpPolicy = DEFAULT_HTTP,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
 ) -> dict:
     """Fill folder `out` with the members named in `cfg.files`, from the first mirror that passes.
 
@@ -119,7 +135,7 @@ def fetch(
         try:
             with artifacts.atomic_dir(out) as staging:
                 partial = partial_path(out, mirror)
-                metrics = _from_mirror(mirror, cfg, partial, staging, http)
+                metrics = _from_mirror(mirror, cfg, partial, staging, http, limits)
         except MirrorError as err:
             log.warning("mirror %s failed: %s", mirror, err)
             failures.append(f"  {mirror}: {err}")
@@ -191,6 +207,7 @@ def _from_mirror(
     partial: Path,
     staging: Path,
     http: HttpPolicy,
+    limits: ArchiveLimits,
 ) -> dict:
     """Obtain, verify and extract one mirror's archive into `staging`; return the metrics.
 
@@ -203,7 +220,7 @@ def _from_mirror(
         archive, stitched = _obtain(mirror, partial, http)
         try:
             sha1 = _check_archive(archive, cfg)
-            sizes = _extract(archive, cfg.files, staging)
+            sizes = _extract(archive, cfg.files, staging, limits)
             return {
                 "mirror": mirror,
                 "archive_bytes": archive.stat().st_size,
@@ -530,12 +547,18 @@ def _require_zip(path: Path) -> None:
     raise MirrorError(f"not a zip archive: starts with {head!r}{more} ({size} bytes)")
 
 
-def _extract(archive: Path, files: dict[str, str | None], dest: Path) -> dict[str, int]:
-    """Stream each wanted member into `dest/<basename>`, checking SHA-1s; return their sizes."""
+def _extract(
+    archive: Path, files: dict[str, str | None], dest: Path, limits: ArchiveLimits
+) -> dict[str, int]:
+    """Stream each wanted member into `dest/<basename>`, checking SHA-1s; return their sizes.
+
+    Refuses, before writing anything, members that declare more than `limits` allow.
+    """
     try:
         with zipfile.ZipFile(archive) as zf:
             members = _find_members(zf, files)
             total = sum(info.file_size for info in members.values())
+            _check_limits(total, archive.stat().st_size, limits)
             with _progress("extract", total) as bar:
                 return {
                     name: _extract_one(zf, info, dest / name, files[name], bar)
@@ -543,6 +566,20 @@ def _extract(archive: Path, files: dict[str, str | None], dest: Path) -> dict[st
                 }
     except ZIP_ERRORS as err:
         raise MirrorError(f"damaged or unreadable zip archive: {err}") from None
+
+
+def _check_limits(total: int, archive_bytes: int, limits: ArchiveLimits) -> None:
+    if total > limits.max_bytes:
+        raise MirrorError(
+            f"refused before extracting: the wanted members would unpack to {total:,} bytes, "
+            f"more than the limit of {limits.max_bytes:,} bytes"
+        )
+    if total > limits.max_ratio * archive_bytes:
+        raise MirrorError(
+            f"refused before extracting: the wanted members would unpack to {total:,} bytes, "
+            f"{total / max(archive_bytes, 1):,.0f} times the archive's {archive_bytes:,} bytes "
+            f"(the limit is {limits.max_ratio:g} times): a zip bomb, or a damaged archive"
+        )
 
 
 def _find_members(zf: zipfile.ZipFile, files: dict[str, str | None]) -> dict[str, zipfile.ZipInfo]:
@@ -567,14 +604,29 @@ def _find_members(zf: zipfile.ZipFile, files: dict[str, str | None]) -> dict[str
 def _extract_one(
     zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, sha1: str | None, bar: tqdm
 ) -> int:
-    """Copy one member to `target` in chunks (never whole in memory); return its size."""
+    """Copy one member to `target` in chunks (never whole in memory); return its size.
+
+    Reads stop at the size the header declares (zipfile stops there too): a member whose data is
+    longer than declared is cut there and then fails zipfile's CRC-32 check.
+    """
     digest, size = hashlib.sha1(), 0
-    with zf.open(info) as src, open(target, "wb") as dst:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            dst.write(chunk)
-            size += len(chunk)
-            bar.update(len(chunk))
+    try:
+        with zf.open(info) as src, open(target, "wb") as dst:
+            while chunk := src.read(min(CHUNK, info.file_size - size + 1)):
+                size += len(chunk)
+                if size > info.file_size:
+                    raise MirrorError(
+                        f"member {info.filename!r} holds more than the {info.file_size:,} bytes "
+                        "its header declares"
+                    )
+                digest.update(chunk)
+                dst.write(chunk)
+                bar.update(len(chunk))
+    except zipfile.BadZipFile as err:
+        raise MirrorError(
+            f"member {info.filename!r} does not match its header ({err}): a damaged or crafted "
+            "archive"
+        ) from None
     if sha1 is not None and digest.hexdigest() != sha1.lower():
         raise MirrorError(
             f"member {info.filename!r} has SHA-1 {digest.hexdigest()}, expected {sha1}"
