@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from bertpipe import artifacts
+from bertpipe.cli import UserError
 from bertpipe.config import MakeExamplesConfig
 from bertpipe.vocab import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from bertpipe.wikitext import Corpus
@@ -120,10 +121,20 @@ def mask_tokens(
 
 
 def make_examples(corpus: Corpus, cfg: MakeExamplesConfig) -> dict[str, np.ndarray]:
-    """All pretraining examples of `corpus`, as the arrays `make_examples` writes."""
+    """All pretraining examples of `corpus`, as the arrays `make_examples` writes.
+
+    Raises UserError when no paragraph has two sentences: NSP then has no pair to start from.
+    """
     num_slots = max_num_mlm_preds(cfg.max_len, cfg.mask_rate)
     if num_slots < 1:
         raise ValueError(f"max_len * mask_rate = {cfg.max_len * cfg.mask_rate} rounds to 0 slots")
+    if corpus.num_adjacent_pairs == 0:
+        raise UserError(
+            f"no paragraph of the corpus has two sentences (its {corpus.num_paragraphs} "
+            "paragraphs have one each), so next-sentence prediction has no sentence pairs; "
+            "a paragraph is a line, and its sentences are separated by ' . ': use a corpus "
+            "with lines of several sentences, like WikiText's .tokens files"
+        )
     rng = np.random.default_rng(cfg.seed)
     a, b, is_next = nsp_pairs(corpus, cfg.next_sentence_prob, rng)
     s = corpus.sentence_offsets
