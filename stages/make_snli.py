@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             counts = {
                 "dropped_no_label": pairs.dropped_no_label,
+                "dropped_unknown_label": pairs.dropped_unknown_label,
+                "blank_lines": pairs.blank_lines,
                 "truncated": encoded.truncated,
                 "label_counts": pairs.label_counts(),
             }

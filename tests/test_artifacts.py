@@ -85,3 +85,18 @@ def test_outputs_get_ordinary_permissions(tmp_path):
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "out" / "m.json").stat().st_mode) == 0o644
+
+
+def test_atomic_dir_removes_what_a_killed_run_left(tmp_path):
+    out = tmp_path / "out"
+    killed = [tmp_path / ".out.ab_d1234.tmp", tmp_path / ".out.old"]
+    for folder in killed:
+        folder.mkdir()
+        (folder / "half.npy").write_bytes(b"half")
+    (tmp_path / ".out.zz99zz99.tmp").write_bytes(b"half a file")
+    others = [tmp_path / ".other.ab_d1234.tmp", tmp_path / "out.ab_d1234.tmp"]
+    for path in others:
+        path.write_bytes(b"not ours")
+    with artifacts.atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert sorted(tmp_path.iterdir()) == sorted([out, *others])

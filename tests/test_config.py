@@ -114,3 +114,32 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("model: [unclosed\n", encoding="utf-8")
     with pytest.raises(ParamsError, match="not valid YAML"):
         config.load(bad, "model")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("model: {}\npretrain: {}\nmodel: {}\n", "model", (1, 3)),  # a whole section twice
+        ("finetune:\n  lr: 1.0\n  seed: 0\n  lr: 2.0\n", "lr", (2, 4)),  # a key in a section
+        ("a:\n  b:\n    - {c: 1, c: 2}\n", "c", (3, 3)),  # deeper, on one line
+    ],
+)
+def test_a_repeated_key_is_an_error_naming_it_and_its_lines(tmp_path, text, key, lines):
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert yaml.safe_load(text)  # PyYAML alone keeps the last one without a word
+    message = rf"key '{key}' on line {lines[0]} and again on line {lines[1]}; YAML would"
+    with pytest.raises(ParamsError, match=message) as info:
+        config.load(path, "model")
+    assert str(path) in str(info.value)
+
+
+def test_a_merged_key_may_be_overridden(tmp_path):
+    doc = repo_params()
+    del doc["evaluate"]
+    text = (
+        yaml.safe_dump(doc) + "evaluate:\n  <<: {batch_size: 64, split: dev}\n  batch_size: 128\n"
+    )
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert config.load(path, "evaluate") == config.EvaluateConfig(batch_size=128, split="dev")

@@ -1,5 +1,6 @@
 """Downloads against a real loopback HTTP server (tests/conftest.py) and local copies: mirror
-fall-through, SHA-1 rules, retries, Range resume, error pages, unsafe archives, no leftovers."""
+fall-through, SHA-1 rules, retries, Range resume within and across runs, silent, trickling and
+slow mirrors, error pages, unsafe archives (escapes, bombs, lying headers), no leftovers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import importlib.util
 import io
 import json
 import socket
+import struct
+import time
 import zipfile
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import yaml
 from bertpipe import download
 from bertpipe.cli import UserError
 from bertpipe.config import DownloadConfig
-from bertpipe.download import HttpPolicy
+from bertpipe.download import ArchiveLimits, HttpPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = HttpPolicy(attempts=3, backoff_s=0.01, connect_timeout_s=2.0, read_timeout_s=5.0)
@@ -146,7 +149,7 @@ def test_all_mirrors_failing_lists_each_and_leaves_output_as_it_was(
     ]
     with pytest.raises(UserError) as info:
         download.fetch(cfg_for(mirrors), out, FAST)
-    headline, *lines = str(info.value).splitlines()
+    headline, *lines, note = str(info.value).splitlines()
     assert "none of the 4 mirrors passed" in headline
     reasons = [
         "HTTP 404",
@@ -162,7 +165,14 @@ def test_all_mirrors_failing_lists_each_and_leaves_output_as_it_was(
         assert (out / "old.txt").read_text() == "previous run"
     else:
         assert not out.exists()
-    assert [p.name for p in out.parent.iterdir()] == ([out.name] if existing else [])
+    # Only the interrupted download is kept, for the next run: 1000 bytes more on each attempt.
+    partial = download.partial_path(out, mirrors[3])
+    assert f"partial downloads in {partial.parent} are resumed by the next run" in note
+    assert list(partial.parent.iterdir()) == [partial]
+    assert partial.read_bytes() == ORIGINAL[:3000]
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        [partial.parent.name, *([out.name] if existing else [])]
+    )
 
 
 def test_http_404_is_not_retried(http_server, tmp_path):
@@ -185,9 +195,7 @@ def test_connection_cut_mid_body_is_resumed_with_range(http_server, tmp_path):
     assert metrics["archive_sha1"] == sha1(ORIGINAL)
     first, second = http_server.hits_for("w.zip")
     assert "range" not in first.headers
-    # The read that hit the cut loses its buffer, so the resume starts at a chunk boundary.
-    start = int(second.headers["range"].removeprefix("bytes=").removesuffix("-"))
-    assert 150_000 - download.CHUNK < start <= 150_000
+    assert second.headers["range"] == "bytes=150000-"  # every byte that arrived was kept
 
 
 def test_server_without_range_support_restarts_the_download(http_server, tmp_path):
@@ -222,6 +230,144 @@ def test_refused_connection_is_retried_then_reported(tmp_path):
         port = s.getsockname()[1]
     with pytest.raises(UserError, match=r"Connection refused.*gave up after 3 attempts"):
         download.fetch(cfg_for([f"http://127.0.0.1:{port}/w.zip"]), tmp_path / "out", FAST)
+
+
+# Short low-speed limits: an attempt that gets under 1000 bytes/s over 1 s is too slow (checked
+# every 0.1 s); 2 such attempts and the mirror is given up. read_timeout_s is far longer, so only
+# the low-speed limit can end these tests in time.
+SLOW = HttpPolicy(
+    attempts=5,
+    stall_attempts=2,
+    backoff_s=0.1,
+    connect_timeout_s=2.0,
+    read_timeout_s=20.0,
+    low_speed_bytes=1000,
+    low_speed_time_s=1.0,
+)
+# 2 attempts of 1 s (+ up to a 0.1 s check interval) and a 0.1 s backoff; slack for a busy machine
+SLOW_BOUND = (2 * 1.0 + 0.1, 2 * 1.1 + 0.1 + 1.5)
+
+
+def test_silent_mirror_is_given_up_in_bounded_time_then_the_next_is_tried(
+    http_server, tmp_path, caplog
+):
+    http_server.hang("silent.zip")  # accepts the connection, reads the request, never answers
+    good = serve(http_server, "good.zip", ORIGINAL)
+    started = time.monotonic()
+    metrics = download.fetch(cfg_for([http_server.url("silent.zip"), good]), tmp_path / "o", SLOW)
+    took = time.monotonic() - started
+    assert metrics["mirror"] == good
+    assert_extracted(tmp_path / "o")
+    assert len(http_server.hits_for("silent.zip")) == SLOW.stall_attempts
+    assert SLOW_BOUND[0] <= took <= SLOW_BOUND[1]
+    assert "too slow: no response in 1" in caplog.text
+    assert "(gave up after 2 attempts, 2 too slow)" in caplog.text
+
+
+def test_trickling_mirror_is_abandoned_in_bounded_time(http_server, tmp_path):
+    url = serve(http_server, "w.zip", ORIGINAL)
+    http_server.throttle("w.zip", rate=1)  # headers at once, then 1 byte per second
+    out = tmp_path / "out"
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"too slow: \d bytes in 1(\.\d+)? s, below 1000 bytes/s"):
+        download.fetch(cfg_for([url]), out, SLOW)
+    assert SLOW_BOUND[0] <= time.monotonic() - started <= SLOW_BOUND[1]
+    first, second = http_server.hits_for("w.zip")
+    # The trickled bytes are kept and the retry resumes after them.
+    assert "range" not in first.headers and second.headers["range"] != "bytes=0-"
+    kept = download.partial_path(out, url).read_bytes()
+    assert 1 <= len(kept) <= 4 and ORIGINAL.startswith(kept)
+
+
+def test_slow_but_steady_mirror_completes(http_server, tmp_path):
+    # 80 kB/s against a limit of 1 kB/s over 1 s in SLOW: 20 kB/s over 0.5 s here.
+    policy = HttpPolicy(
+        attempts=1, read_timeout_s=1.0, low_speed_bytes=20_000, low_speed_time_s=0.5
+    )
+    url = serve(http_server, "w.zip", ORIGINAL)
+    http_server.throttle("w.zip", rate=80_000)
+    started = time.monotonic()
+    download.fetch(cfg_for([url]), tmp_path / "out", policy)
+    took = time.monotonic() - started
+    assert_extracted(tmp_path / "out")
+    assert len(http_server.hits_for("w.zip")) == 1
+    # It lasted several low-speed windows and longer than the read timeout: neither is a limit
+    # on the whole transfer.
+    assert took > max(4 * policy.low_speed_time_s, policy.read_timeout_s)
+
+
+def test_a_failed_run_leaves_its_partial_download_for_the_next_run_to_resume(http_server, tmp_path):
+    url = serve(http_server, "w.zip", ORIGINAL)
+    out = tmp_path / "data" / "out"
+    http_server.cut("w.zip", after=150_000)  # the first run is killed mid-body ...
+    with pytest.raises(UserError, match=r"gave up after 1 attempt\)"):
+        download.fetch(cfg_for([url]), out, HttpPolicy(attempts=1))
+    partial = download.partial_path(out, url)
+    assert partial.read_bytes() == ORIGINAL[:150_000]
+    download.fetch(cfg_for([url]), out, FAST)  # ... and the next run picks it up
+    assert_extracted(out)
+    first, second = http_server.hits_for("w.zip")
+    assert "range" not in first.headers
+    assert second.headers["range"] == "bytes=150000-"
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # the partial is gone
+
+
+def test_a_wrong_partial_download_is_discarded_and_downloaded_again(http_server, tmp_path):
+    url = serve(http_server, "w.zip", ORIGINAL)
+    out = tmp_path / "out"
+    partial = download.partial_path(out, url)
+    partial.parent.mkdir()
+    partial.write_bytes(b"garbage!" * 10_000)  # not the archive's first 80,000 bytes
+    metrics = download.fetch(cfg_for([url]), out, FAST)
+    assert_extracted(out)
+    assert metrics["archive_sha1"] == ORIGINAL_SHA1
+    first, second = http_server.hits_for("w.zip")
+    assert first.headers["range"] == "bytes=80000-"
+    assert "range" not in second.headers  # the stitched archive failed: from the start
+    assert not partial.parent.exists()
+
+
+def test_a_partial_download_that_is_complete_is_used_as_it_is(http_server, tmp_path):
+    url = serve(http_server, "w.zip", ORIGINAL)
+    out = tmp_path / "out"
+    partial = download.partial_path(out, url)
+    partial.parent.mkdir()
+    partial.write_bytes(ORIGINAL)  # a run killed after the last byte, before extracting
+    download.fetch(cfg_for([url]), out, FAST)
+    assert_extracted(out)
+    (hit,) = http_server.hits_for("w.zip")  # answered 416: nothing more to send
+    assert hit.headers["range"] == f"bytes={len(ORIGINAL)}-"
+
+
+def test_leftovers_of_killed_runs_are_removed_by_the_next_run(http_server, tmp_path):
+    url = serve(http_server, "w.zip", ORIGINAL)
+    data = tmp_path / "data"
+    out = data / "out"
+    leftovers = [
+        data / ".out.ab_d1234.tmp",  # artifacts.atomic_dir's staging folder
+        data / ".out.k3j4h5g6",  # an earlier bertpipe's temporary download folder
+    ]
+    for folder in leftovers:
+        folder.mkdir(parents=True)
+        (folder / "archive.zip").write_bytes(b"half")
+    (data / ".out.zz99zz99.tmp").write_bytes(b"half")  # a temporary file
+    stale = download.partial_path(out, "https://no-longer-listed.example/w.zip")
+    stale.parent.mkdir()
+    stale.write_bytes(b"half")
+    others = [data / ".other.ab_d1234.tmp", data / "out.ab_d1234.tmp", data / ".out.notes"]
+    for path in others:
+        path.write_bytes(b"not ours")
+
+    http_server.cut("w.zip", after=150_000)
+    with pytest.raises(UserError):
+        download.fetch(cfg_for([url]), out, HttpPolicy(attempts=1))
+    # The listed mirror's partial download stays; everything else of ours is gone.
+    partial = download.partial_path(out, url)
+    assert list(partial.parent.iterdir()) == [partial]
+    assert sorted(data.iterdir()) == sorted([partial.parent, *others])
+
+    download.fetch(cfg_for([url]), out, FAST)
+    assert sorted(data.iterdir()) == sorted([out, *others])
 
 
 @pytest.mark.parametrize("form", ["file_url", "plain_path"])
@@ -263,6 +409,72 @@ def test_archive_with_missing_duplicate_or_unsafe_members_fails(tmp_path, member
             cfg_for([str(archive)], sha1(archive.read_bytes())), tmp_path / "d/out", FAST
         )
     assert list(tmp_path.rglob("*.tokens")) == []  # nothing extracted, inside `d` or beside it
+
+
+def deflated_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def declare_size(archive: bytes, name: str, size: int) -> bytes:
+    """`archive` with the uncompressed size of member `name` changed to `size` in both its
+    central directory entry (what zipfile reads) and its local header."""
+    out = bytearray(archive)
+    entry = out.find(b"PK\x01\x02")
+    while out[entry + 46 : entry + 46 + struct.unpack_from("<H", out, entry + 28)[0]] != (
+        name.encode()
+    ):
+        entry = out.find(b"PK\x01\x02", entry + 4)
+    struct.pack_into("<I", out, entry + 24, size)
+    local = struct.unpack_from("<I", out, entry + 42)[0]
+    struct.pack_into("<I", out, local + 22, size)
+    return bytes(out)
+
+
+SMALL_FILES = {k: v for k, v in CONTENT.items() if k != "wiki.train.tokens"}
+
+
+def test_zip_bomb_is_refused_before_anything_is_extracted(tmp_path):
+    bomb = deflated_zip({"wiki.train.tokens": bytes(20_000_000), **SMALL_FILES})  # ~20 kB
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(bomb)
+    declared = 20_000_000 + sum(map(len, SMALL_FILES.values()))
+    # The archive SHA-1 matches, so only the limits can reject it.
+    message = rf"refused before extracting: .* {declared:,} bytes, [\d,]+ times the archive's"
+    with pytest.raises(UserError, match=message):
+        download.fetch(cfg_for([str(archive)], sha1(bomb)), tmp_path / "out", FAST)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(download.MirrorError, match="refused before extracting"):
+        download._extract(archive, cfg_for([]).files, staging, download.DEFAULT_LIMITS)
+    assert list(staging.iterdir()) == []  # not one byte written
+
+
+def test_archive_unpacking_past_the_absolute_limit_is_refused(tmp_path):
+    archive = tmp_path / "w.zip"
+    archive.write_bytes(ORIGINAL)  # stored: it unpacks to about its own size
+    limits = ArchiveLimits(max_bytes=100_000)
+    with pytest.raises(UserError, match=r"more than the limit of 100,000 bytes"):
+        download.fetch(cfg_for([str(archive)]), tmp_path / "out", FAST, limits)
+    assert not (tmp_path / "out").exists()
+
+
+def test_member_longer_than_its_header_declares_is_cut_there_and_rejected(tmp_path):
+    honest = deflated_zip({"wiki.train.tokens": bytes(1_000_000), **SMALL_FILES})
+    lying = declare_size(honest, "wiki.train.tokens", 1000)
+    assert zipfile.ZipFile(io.BytesIO(lying)).getinfo("wiki.train.tokens").file_size == 1000
+    archive = tmp_path / "lying.zip"
+    archive.write_bytes(lying)
+    with pytest.raises(UserError, match=r"member 'wiki.train.tokens' does not match its header"):
+        download.fetch(cfg_for([str(archive)], sha1(lying)), tmp_path / "out", FAST)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(download.MirrorError, match="does not match its header"):
+        download._extract(archive, cfg_for([]).files, staging, download.DEFAULT_LIMITS)
+    assert (staging / "wiki.train.tokens").stat().st_size <= 1000
 
 
 @pytest.mark.parametrize(

@@ -252,6 +252,16 @@ def test_empty_sentence_makes_a_valid_pair():
     assert ex["segments"].tolist() == [[0, 0, 1, 1, 1, 1, 0, 0, 0]]
 
 
+def test_a_corpus_of_one_sentence_paragraphs_is_refused_for_that_reason():
+    corpus = corpus_of(np.full(30, 9), [3] * 10, [1] * 10)  # 10 paragraphs of 1 short sentence
+    with pytest.raises(UserError, match=r"no paragraph of the corpus has two sentences") as info:
+        make_examples.make_examples(corpus, VOCAB, cfg(max_len=64))
+    assert "its 10 paragraphs have one each" in str(info.value)
+    assert "max_len" not in str(info.value)  # the sentences are short: length is not the cause
+    one_pair = corpus_of(np.full(30, 9), [3] * 10, [1] * 8 + [2])
+    assert len(make_examples.make_examples(one_pair, VOCAB, cfg(max_len=64))["nsp_labels"]) == 1
+
+
 def test_same_seed_same_arrays_other_seed_different():
     corpus = random_corpus(seed=8)
     one, two = (make_examples.make_examples(corpus, VOCAB, cfg(seed=11)) for _ in range(2))
@@ -373,6 +383,20 @@ def test_stage_errors_leave_no_output(tmp_path, tokenized):
     with pytest.raises(UserError, match=r"tiny\.yaml: make_examples\.max_len \* mask_rate = 0"):
         run_make_examples(tmp_path, tokenized, "tiny", max_len=6, mask_rate=0.05)
     assert not any((tmp_path / n).exists() for n in ["short", "short.json", "tiny", "tiny.json"])
+
+
+def test_stage_names_one_sentence_paragraphs_as_the_cause(tmp_path):
+    corpus = tmp_path / "wiki.train.tokens"
+    corpus.write_text(" = Title = \n" + " a short sentence . \n \n" * 50, encoding="utf-8")
+    load_stage("tokenize_wikitext").main(
+        ["--params", str(write_params(tmp_path / "params.yaml")), "--tokens", str(corpus),
+         "--out", str(tmp_path / "tok"), "--metrics", str(tmp_path / "tok.json"), "--workers=1"]
+    )  # fmt: skip
+    with pytest.raises(UserError, match="no paragraph of the corpus has two sentences") as info:
+        run_make_examples(tmp_path, tmp_path / "tok", "one", max_len=64)
+    assert "its 50 paragraphs have one each" in str(info.value)
+    assert "max_len" not in str(info.value)
+    assert not (tmp_path / "one").exists() and not (tmp_path / "one.json").exists()
 
 
 def test_stage_rejects_a_mismatched_vocabulary(tmp_path, tokenized):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 DATA_STAGES = ["download_wikitext", "download_snli", "tokenize_wikitext", "make_examples",
                "make_snli"]  # fmt: skip
-ALL_STAGES = [*DATA_STAGES, "pretrain", "finetune", "evaluate"]
+ALL_STAGES = [*DATA_STAGES, "pretrain", "finetune", "evaluate", "baseline"]
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,40 @@ def test_read_cleans_parses_drops_unlabelled_rows_and_maps_labels(tmp_path):
     assert pairs.hypotheses == ["the na is null", "someone sleeps .", "nobody sleeps ."]
     assert pairs.labels.dtype == np.uint8 and pairs.labels.tolist() == [2, 0, 1]
     assert pairs.dropped_no_label == 1
+    assert pairs.dropped_unknown_label == 0 and pairs.blank_lines == 0
     assert pairs.label_counts() == {"entailment": 1, "contradiction": 1, "neutral": 1}
+
+
+def test_unknown_labels_and_blank_lines_are_counted_apart_and_warned_about(tmp_path, caplog):
+    good = row("neutral", "( a b )", "( c )")
+    lines = [
+        good,
+        "",
+        row("-", "( a )", "( b )"),
+        row("Entailment", "( a )", "( b )"),  # case matters
+        row("hidden", "( a )", "( b )"),
+        "\r",  # a blank line of a CRLF file
+        row("Entailment", "( a )", "( b )"),
+        good,
+        "",
+    ]
+    pairs = snli.read_snli(write_snli(tmp_path, "train", lines))
+    assert pairs.labels.tolist() == [2, 2]
+    assert (pairs.dropped_no_label, pairs.dropped_unknown_label, pairs.blank_lines) == (1, 3, 3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert "skipped 3 blank lines (the first is line 3)" in warnings[0]
+    assert "dropped 3 rows whose gold label is none of" in warnings[1]
+    assert "'Entailment' (2), 'hidden' (1)" in warnings[1]
+    assert not any("download" in w for w in warnings)  # downloading again would not help
+
+
+def test_a_file_without_any_known_label_is_refused_naming_what_it_has(tmp_path):
+    lines = [row("Neutral", "( a )", "( b )"), row("-", "( a )", "( b )")] * 2
+    with pytest.raises(UserError, match=r"no row has a gold label in entailment") as info:
+        snli.read_snli(write_snli(tmp_path, "test", lines))
+    assert "(2 rows '-', 2 with other labels: 'Neutral' (2))" in str(info.value)
+    assert "download" not in str(info.value)
 
 
 def pop_loop(len_p: int, len_h: int, budget: int) -> tuple[int, int]:
@@ -183,6 +216,8 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
     assert m["test"] == {
         "num_pairs": 1,
         "dropped_no_label": 1,
+        "dropped_unknown_label": 0,
+        "blank_lines": 0,
         "truncated": 1,
         "label_counts": {"entailment": 1, "contradiction": 0, "neutral": 0},
     }
@@ -195,6 +230,8 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
     assert artifacts.read_json(out / "test" / "meta.json") == {
         "num_pairs": 1,
         "dropped_no_label": 1,
+        "dropped_unknown_label": 0,
+        "blank_lines": 0,
         "truncated": 1,
         "label_counts": {"entailment": 1, "contradiction": 0, "neutral": 0},
         "max_valid_len": 7,

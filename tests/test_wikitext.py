@@ -103,6 +103,7 @@ def test_encode_offsets_and_ids():
     assert corpus.sentence_offsets.tolist() == [0, 2, 3, 7, 7, 8]  # an empty sentence is kept
     assert corpus.paragraph_offsets.tolist() == [0, 2, 3, 5]
     assert (corpus.num_paragraphs, corpus.num_sentences, corpus.num_tokens) == (3, 5, 8)
+    assert corpus.num_adjacent_pairs == 2  # (b a, c) and ([], b); the middle paragraph has none
 
 
 # Lines that stress the flat tokenizer: empty and leading sentences, runs of " . ", tabs and

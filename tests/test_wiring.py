@@ -134,7 +134,8 @@ def test_outputs_follow_the_naming_rule_and_keep_the_run_cache_working(name):
     metrics and plots, uncached. DVC skips its run cache for a stage with any other uncached
     output, and then cannot restore a configuration that was run before."""
     stage = STAGES[name]
-    assert all(isinstance(o, str) and o.startswith(f"data/{name}") for o in stage["outs"])
+    outs = stage.get("outs", [])  # the baseline stage writes metrics only
+    assert all(isinstance(o, str) and o.startswith(f"data/{name}") for o in outs)
     each = "/some_entry" if "foreach" in PIPELINE["stages"][name] else ""  # one file per entry
     assert stage["metrics"] == [{f"metrics/{name}{each}.json": {"cache": False}}]
     for plot in stage.get("plots", []):

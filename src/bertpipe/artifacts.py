@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -78,13 +79,28 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def remove_leftovers(path: Path) -> None:
+    """Delete what killed writes of `path` left beside it: the temporary folders of
+    `atomic_dir` and the temporary files of `atomic_write_bytes` (`.<name>.<8 chars>.tmp`)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.([a-z0-9_]{{8}}\.tmp|old)")
+    for left in path.parent.iterdir() if path.parent.is_dir() else []:
+        if not pattern.fullmatch(left.name):
+            continue
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            left.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces `path` when the block ends without error.
 
-    On error the temporary folder is removed and `path` is left exactly as it was.
+    On error the temporary folder is removed and `path` is left exactly as it was. What a
+    killed earlier run left (its temporary folder) is removed first.
     """
     path = Path(path)
+    remove_leftovers(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(_umask_mode(0o777))  # mkdtemp makes 0700 folders
@@ -230,5 +246,13 @@ SNLI_SPLIT = ArrayFolder(
         "segment_starts": "int16",  # (N,) first segment-1 position of each pair
         "labels": "uint8",  # (N,) index into meta["labels"] of the top folder
     },
-    meta=("num_pairs", "dropped_no_label", "truncated", "label_counts", "max_valid_len"),
+    meta=(
+        "num_pairs",
+        "dropped_no_label",
+        "dropped_unknown_label",
+        "blank_lines",
+        "truncated",
+        "label_counts",
+        "max_valid_len",
+    ),
 )

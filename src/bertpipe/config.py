@@ -1,8 +1,9 @@
 """Typed, strict params: one frozen dataclass per `params.yaml` section.
 
-Loading is strict because a silently ignored typo is worse than a crash: an unknown, missing or
-mistyped key is an error that names the file and the key. PyYAML follows YAML 1.1, which reads
-`1e-3` (no dot) as a *string*; that trap gets its own message.
+Loading is strict because a silently ignored typo is worse than a crash: an unknown, missing,
+mistyped or repeated key is an error that names the file and the key. PyYAML follows YAML 1.1,
+which reads `1e-3` (no dot) as a *string*; that trap gets its own message. PyYAML also keeps the
+last of two equal keys in a mapping without a word; here that is an error naming both lines.
 """
 
 from __future__ import annotations
@@ -21,6 +22,31 @@ from bertpipe.cli import UserError
 
 class ParamsError(UserError):
     """A params file that cannot be used as it is; the message says what to change."""
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first_line: int, line: int):
+        super().__init__(f"key {key!r} on line {first_line} and again on line {line}")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key repeated in one mapping is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: construct_mapping below says so
+                continue
+        return super().construct_mapping(node, deep)
 
 
 def _positive(what: str = "a positive number") -> Any:
@@ -151,6 +177,12 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    l2: float = _positive()  # L2 penalty on the weights (chosen on a dev split: 3e-3)
+    min_count: int = _positive()  # keep indicator features seen in this many training pairs
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = _positive()
     split: str  # which make_snli split to score (d2l: test)
@@ -167,6 +199,7 @@ SECTIONS: dict[str, type] = {
     "d2l_bert": dict[str, D2lBertConfig],  # named archives; `{}`: none (the default)
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
+    "baseline": BaselineConfig,
 }
 
 T = TypeVar("T")
@@ -176,9 +209,13 @@ def load(path: str | Path, name: str) -> Any:
     """Read section `name` of the params file at `path` into its config class."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file") from None
+    except _DuplicateKey as err:
+        raise ParamsError(
+            f"{path}: {err}; YAML would silently keep the last one, so remove one of them"
+        ) from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(document, dict):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from bertpipe import artifacts
+from bertpipe.cli import UserError
 from bertpipe.config import MakeExamplesConfig
 from bertpipe.vocab import Vocab
 from bertpipe.wikitext import Corpus
@@ -122,10 +123,20 @@ def mask_tokens(
 
 def make_examples(corpus: Corpus, vocab: Vocab, cfg: MakeExamplesConfig) -> dict[str, np.ndarray]:
     """All pretraining examples of `corpus`, as the arrays `make_examples` writes; `vocab` (the
-    corpus's) gives the special ids."""
+    corpus's) gives the special ids.
+
+    Raises UserError when no paragraph has two sentences: NSP then has no pair to start from.
+    """
     if len(vocab) != corpus.vocab_size:
         raise ValueError(f"vocabulary of {len(vocab)} tokens for a corpus of {corpus.vocab_size}")
     num_slots = max_num_mlm_preds(cfg.max_len, cfg.mask_rate)  # >= 1: config checks it
+    if corpus.num_adjacent_pairs == 0:
+        raise UserError(
+            f"no paragraph of the corpus has two sentences (its {corpus.num_paragraphs} "
+            "paragraphs have one each), so next-sentence prediction has no sentence pairs; "
+            "a paragraph is a line, and its sentences are separated by ' . ': use a corpus "
+            "with lines of several sentences, like WikiText's .tokens files"
+        )
     rng = np.random.default_rng(cfg.seed)
     a, b, is_next = nsp_pairs(corpus, cfg.next_sentence_prob, rng)
     s = corpus.sentence_offsets

@@ -63,6 +63,8 @@ class Pairs:
     hypotheses: list[str]
     labels: np.ndarray  # (N,) uint8, index into LABELS
     dropped_no_label: int  # rows whose gold label is '-' (no annotator consensus)
+    dropped_unknown_label: int  # rows whose gold label is neither one of LABELS nor '-'
+    blank_lines: int  # empty lines (or a lone '\r'), skipped
 
     def label_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(LABELS))
@@ -70,12 +72,16 @@ class Pairs:
 
 
 def read_snli(path: str | Path) -> Pairs:
-    """Read one `snli_1.0_<split>.txt`, checking its header and that every row is whole."""
+    """Read one `snli_1.0_<split>.txt`, checking its header and that every row is whole.
+
+    Rows labelled '-' are dropped, as in d2l. Rows with any other label outside LABELS, and blank
+    lines, are not in SNLI 1.0's files: they are dropped too, counted apart and warned about.
+    """
     path = Path(path)
     data = path.read_bytes()
     try:
         _check_header(path, data)
-        _check_field_counts(path, data)
+        blank_lines = _check_field_counts(path, data)
         # QUOTE_NONE: SNLI text contains '"' characters; na_filter=False keeps 'null'/'NA' as text
         frame = pd.read_csv(
             io.BytesIO(data),
@@ -88,16 +94,36 @@ def read_snli(path: str | Path) -> Pairs:
         )
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text ({err}); {FIX_DOWNLOAD}") from None
-    codes = pd.Index(LABELS).get_indexer(frame["gold_label"])  # (rows,) -1: no gold label
+    gold = frame["gold_label"]
+    codes = pd.Index(LABELS).get_indexer(gold)  # (rows,) -1: no gold label
     keep = codes >= 0
+    no_label = (gold == "-").to_numpy()  # (rows,)
+    unknown = gold[~keep & ~no_label].value_counts()  # label -> rows, most frequent first
+    shown = ", ".join(f"{label!r} ({n})" for label, n in unknown.head(5).items())
+    shown += ", ..." if len(unknown) > 5 else ""
     if not keep.any():
-        raise UserError(f"{path}: no row has a gold label in {', '.join(LABELS)}; {FIX_DOWNLOAD}")
+        raise UserError(
+            f"{path}: no row has a gold label in {', '.join(LABELS)} "
+            f"({np.count_nonzero(no_label)} rows '-', {unknown.sum()} with other labels"
+            f"{': ' + shown if shown else ''}); this is not an SNLI 1.0 file, whose rows "
+            "nearly all have one"
+        )
     pairs = Pairs(
         premises=[clean(s) for s in frame["sentence1_binary_parse"][keep]],
         hypotheses=[clean(s) for s in frame["sentence2_binary_parse"][keep]],
         labels=codes[keep].astype(np.uint8),
-        dropped_no_label=int(np.count_nonzero(~keep)),
+        dropped_no_label=int(np.count_nonzero(no_label)),
+        dropped_unknown_label=int(unknown.sum()),
+        blank_lines=blank_lines,
     )
+    if pairs.dropped_unknown_label:
+        log.warning(
+            "%s: dropped %d rows whose gold label is none of %s or '-': %s",
+            path,
+            pairs.dropped_unknown_label,
+            ", ".join(LABELS),
+            shown,
+        )
     log.info(
         "read %d pairs from %s (%d rows without a gold label dropped)",
         len(pairs.labels),
@@ -119,22 +145,35 @@ def _check_header(path: Path, data: bytes) -> None:
         )
 
 
-def _check_field_counts(path: Path, data: bytes) -> None:
-    """Every line must have as many tab-separated fields as the header (pandas' C parser
-    silently pads short rows and, with `usecols`, ignores long ones)."""
+def _check_field_counts(path: Path, data: bytes) -> int:
+    """Every line but blank ones must have as many tab-separated fields as the header (pandas'
+    C parser silently pads short rows and, with `usecols`, ignores long ones). Blank lines,
+    which pandas skips, are counted and warned about; returns their number."""
     raw = np.frombuffer(data, dtype=np.uint8)
     line_ends = np.flatnonzero(raw == ord("\n"))
     if not data.endswith(b"\n"):
         line_ends = np.append(line_ends, len(raw))
+    line_starts = np.concatenate([[0], line_ends[:-1] + 1])  # (lines,)
+    lengths = line_ends - line_starts
+    blank = (lengths == 0) | ((lengths == 1) & (raw[np.minimum(line_starts, len(raw) - 1)] == 13))
+    if blank.any():
+        first = int(np.argmax(blank))
+        log.warning(
+            "%s: skipped %d blank lines (the first is line %d)",
+            path,
+            np.count_nonzero(blank),
+            first + 1,
+        )
     tabs_before = np.searchsorted(np.flatnonzero(raw == ord("\t")), line_ends)  # (lines,)
     fields = np.diff(tabs_before, prepend=0) + 1  # (lines,)
-    bad = np.flatnonzero(fields != fields[0])
+    bad = np.flatnonzero((fields != fields[0]) & ~blank)
     if bad.size:
         line = int(bad[0])
         raise UserError(
             f"{path}, line {line + 1}: {fields[line]} tab-separated fields where the header has "
             f"{fields[0]} (the row is damaged or cut short); {FIX_DOWNLOAD}"
         )
+    return int(np.count_nonzero(blank))
 
 
 def truncated_lengths(

@@ -94,6 +94,11 @@ class Corpus:
     def num_tokens(self) -> int:
         return len(self.token_ids)
 
+    @property
+    def num_adjacent_pairs(self) -> int:
+        """Sentence pairs (a, next a) inside a paragraph: k - 1 in a paragraph of k sentences."""
+        return self.num_sentences - self.num_paragraphs
+
     def meta(self) -> dict:
         return {
             "vocab_size": self.vocab_size,
