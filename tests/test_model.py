@@ -338,3 +338,34 @@ def test_classifier_overfits_one_batch():
     with torch.no_grad():
         predictions = classifier.eval()(tokens, segments, valid_lens).argmax(dim=1)
     assert torch.equal(predictions, labels)
+
+
+def test_packed_gradients_do_not_depend_on_thread_scheduling():
+    """Two backward passes of one packed batch at 2 threads give bit-identical gradients.
+
+    Repeated positions are summed into the positional embedding's gradient; indexing's backward
+    (`table[positions]`) does that in an order that follows thread scheduling on CPU, which made
+    two identical training runs differ from the fifth step on.
+    """
+    torch.set_num_threads(2)  # the one_thread fixture restores its own count afterwards
+    g = torch.Generator().manual_seed(0)
+    cfg = ModelConfig(128, 256, 2, 1, 0.0, 64)
+    torch.manual_seed(0)
+    encoder = BERTModel(V, cfg).encoder
+    lens = torch.randint(20, 64, (256,), generator=g).numpy()  # about 10k packed rows
+    packing = Packing.of(np.sort(lens), 4)
+    n = int(lens.sum())
+    tokens, segments = (
+        torch.randint(0, V, (n,), generator=g),
+        torch.randint(0, 2, (n,), generator=g),
+    )
+    upstream = torch.randn(n, 128, generator=g)
+
+    def grads() -> list[torch.Tensor]:
+        encoder.zero_grad()
+        encoder.forward_packed(tokens, segments, packing).backward(upstream)
+        return [p.grad.clone() for p in encoder.parameters()]
+
+    first = grads()
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(first, grads(), strict=True))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from bertpipe import artifacts, checkpoints, config
@@ -97,10 +98,25 @@ def test_pretrain_finetune_evaluate_stages_end_to_end(work, stage, fake):
 
 
 def test_pretraining_twice_gives_a_byte_identical_checkpoint(work, stage, fake):
+    torch.set_num_threads(2)  # the default here; the one_thread fixture restores its own
     stage("pretrain").main(pretrain_args(work))
     first = artifacts.sha1_of_file(work / "data/pretrain/model.safetensors")
     stage("pretrain").main(pretrain_args(work))
     assert artifacts.sha1_of_file(work / "data/pretrain/model.safetensors") == first
+
+
+def test_finetuning_twice_gives_a_byte_identical_checkpoint_and_metrics(work, stage, fake):
+    """With dropout on and two threads, as `dvc repro` runs it on this project's machines."""
+    torch.set_num_threads(2)  # the one_thread fixture restores its own count afterwards
+    pretrained = fake.bert(work / "bert.safetensors", cfg=config.ModelConfig(24, 48, 2, 2, 0.1, 40))
+    runs = []
+    for _ in range(2):
+        stage("finetune").main(finetune_args(work, pretrained))
+        metrics = artifacts.read_json(work / "metrics/finetune.json")
+        for speed in ("examples_per_sec", "train_seconds"):
+            metrics.pop(speed)
+        runs.append((artifacts.sha1_of_file(work / "data/finetune/model.safetensors"), metrics))
+    assert runs[0] == runs[1]
 
 
 def test_pretrain_refuses_examples_longer_than_the_positional_embedding(work, stage, fake):
