@@ -9,7 +9,9 @@ leftover checkpoint of other params must be ignored, not resumed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import random
 import re
@@ -23,6 +25,8 @@ import torch
 import yaml
 
 from bertpipe import config
+from bertpipe.resume import Resume, TrainState
+from bertpipe.runtime import CPU
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY = 2  # --checkpoint-every
@@ -185,3 +189,21 @@ def test_a_checkpoint_of_other_params_is_not_resumed(stage, inputs, uninterrupte
     assert "starting afresh" in log and "resuming" not in log
     assert_same(results(run, stage), uninterrupted[stage])
     assert not resume_folder(run, stage).exists()
+
+
+def test_a_checkpoint_of_another_number_of_processes_is_not_resumed(tmp_path, caplog):
+    """Dropout masks differ per rank: rank 0 of a torchrun job must not hand on to one process."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    resume = Resume(tmp_path / ".pretrain.resume", "f" * 40, EVERY)
+    state = TrainState(step=4, history=[[1.0, 2.0]] * 4)
+    caplog.set_level(logging.INFO, logger="bertpipe.resume")
+
+    resume.save(state, model, opt, schedule, CPU)  # one process: resumed by one process
+    assert resume.load(model, opt, schedule, CPU) == state
+    # rank 0 of two (saving takes no collective), then one process
+    resume.save(state, model, opt, schedule, dataclasses.replace(CPU, world_size=2))
+    assert resume.load(model, opt, schedule, CPU) is None
+    assert "this run has 1: starting afresh" in caplog.text
+    assert not (resume.folder / "rank0.pt").exists()
