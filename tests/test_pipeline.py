@@ -1,13 +1,15 @@
 """The whole pipeline through real DVC, on generated archives served from a loopback HTTP server.
 
 One scratch copy of the repository runs `dvc repro` once (module fixture); the tests then read
-what DVC reports and check that caching and invalidation behave as a DVC user expects. A test
-that changes params takes `restored`, which puts them back and reruns `dvc repro` (DVC's run
-cache restores the outputs): every test starts from the fixture's state, whatever ran before it.
+what DVC reports and check that caching, invalidation and DVC's run cache behave as a DVC user
+expects. A test that changes params takes `restored`, which puts them back and reruns `dvc repro`
+(the run cache restores the outputs): every test starts from the fixture's state, whatever ran
+before it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -105,3 +107,28 @@ def test_a_param_change_reruns_exactly_the_stages_downstream(restored):
     assert (change["old"], change["new"]) == (64, 48)
     ran = stages_run(small.dvc(workspace, "repro", capture=True))
     assert sorted(ran) == ["evaluate", "finetune", "make_snli"]
+
+
+def snapshot(workdir: Path) -> dict[str, str]:
+    """SHA-1 of dvc.lock and of every file under data/ and metrics/."""
+    files = [workdir / "dvc.lock"]
+    for folder in ("data", "metrics"):
+        files += sorted(p for p in (workdir / folder).rglob("*") if p.is_file())
+    return {str(p.relative_to(workdir)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_a_configuration_run_before_is_restored_from_the_run_cache(restored):
+    workspace = restored
+    first = snapshot(workspace)
+    model = "data/pretrain/model.safetensors"
+    set_param(workspace, "pretrain", "seed", 1)
+    ran = stages_run(small.dvc(workspace, "repro", capture=True))
+    assert ran == ["pretrain", "finetune", "evaluate"]
+    assert snapshot(workspace)[model] != first[model]
+
+    set_param(workspace, "pretrain", "seed", 0)  # back to the fixture's run: DVC saved it
+    output = small.dvc(workspace, "repro", capture=True)
+    assert stages_run(output) == []
+    for name in ("pretrain", "finetune", "evaluate"):
+        assert f"Stage '{name}' is cached - skipping run, checking out outputs" in output
+    assert snapshot(workspace) == first  # dvc.lock, outputs, metrics and curves as first run
