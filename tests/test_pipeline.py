@@ -1,10 +1,10 @@
 """The whole pipeline through real DVC, on generated archives served from a loopback HTTP server.
 
 One scratch copy of the repository runs `dvc repro` once (module fixture); the tests then read
-what DVC reports and check that caching, invalidation and DVC's run cache behave as a DVC user
-expects. A test that changes params takes `restored`, which puts them back and reruns `dvc repro`
-(the run cache restores the outputs): every test starts from the fixture's state, whatever ran
-before it.
+what DVC reports and check that caching, invalidation, DVC's run cache and a remote behave as a
+DVC user expects. A test that changes params takes `restored`, which puts them back and reruns
+`dvc repro` (the run cache restores the outputs): every test starts from the fixture's state,
+whatever ran before it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,22 @@ def test_a_configuration_run_before_is_restored_from_the_run_cache(restored):
     for name in ("pretrain", "finetune", "evaluate"):
         assert f"Stage '{name}' is cached - skipping run, checking out outputs" in output
     assert snapshot(workspace) == first  # dvc.lock, outputs, metrics and curves as first run
+
+
+def test_a_clone_pulls_every_output_from_a_remote_and_has_nothing_to_run(workspace, tmp_path):
+    store, clone = tmp_path / "store", tmp_path / "clone"
+    small.dvc(workspace, "remote", "add", "-d", "store", str(store))
+    try:
+        small.dvc(workspace, "push", capture=True)
+        git = ["git", "-c", "user.name=bertpipe", "-c", "user.email=bertpipe@localhost"]
+        for command in (["add", "-A"], ["commit", "-qm", "results"]):  # dvc.lock, metrics, remote
+            subprocess.run(git + command, cwd=workspace, check=True, capture_output=True)
+        subprocess.run(["git", "clone", "-q", str(workspace), str(clone)], check=True)
+        assert not (clone / "data").exists()  # git holds no output of a cached stage
+
+        small.dvc(clone, "pull", capture=True)
+        assert json.loads(small.dvc(clone, "status", "--json", capture=True)) == {}
+        assert stages_run(small.dvc(clone, "repro", capture=True)) == []
+        assert snapshot(clone) == snapshot(workspace)  # dvc.lock, every output, the metrics
+    finally:
+        small.dvc(workspace, "remote", "remove", "store")
