@@ -1,21 +1,27 @@
 """The whole pipeline through real DVC, on generated archives served from a loopback HTTP server.
 
 One scratch copy of the repository runs `dvc repro` once (module fixture); the tests then read
-what DVC reports and check that caching, invalidation, DVC's run cache and a remote behave as a
-DVC user expects. A test that changes params takes `restored`, which puts them back and reruns
-`dvc repro` (the run cache restores the outputs): every test starts from the fixture's state,
-whatever ran before it.
+what DVC reports and check that caching, invalidation, the run cache, resuming a killed stage
+and a remote behave as a DVC user expects. A test that changes params takes `restored`, which
+puts them back and reruns `dvc repro` (DVC's run cache restores the outputs): every test starts
+from the fixture's state, whatever ran before it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import random
 import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
+import torch
 import yaml
 
 from bertpipe import small
@@ -133,6 +139,69 @@ def test_a_configuration_run_before_is_restored_from_the_run_cache(restored):
     for name in ("pretrain", "finetune", "evaluate"):
         assert f"Stage '{name}' is cached - skipping run, checking out outputs" in output
     assert snapshot(workspace) == first  # dvc.lock, outputs, metrics and curves as first run
+
+
+DVC = [sys.executable, "-m", "dvc"]
+SAVED = re.compile(r"saved a resume checkpoint at step (\d+)")
+RESUMED = re.compile(r"resuming from step (\d+)")
+
+
+def dvc_logged(workdir: Path, *args: str) -> tuple[str, str]:
+    """Run `dvc <args>`; return (DVC's output, the stages' log), failing with both."""
+    done = subprocess.run([*DVC, *args], cwd=workdir, env=small.dvc_env(), capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    return done.stdout, done.stderr
+
+
+def repro_and_kill(workdir: Path, stage: str, at: int) -> int:
+    """`dvc repro <stage>`; SIGKILL the stage's process once it saved a checkpoint at step `at`
+    or later. Returns the step of the checkpoint left on disk."""
+    proc = subprocess.Popen([*DVC, "repro", stage], cwd=workdir, env=small.dvc_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    killed = []
+    for line in proc.stderr:  # the stage's stderr: DVC hands it its own
+        saved = SAVED.search(line)
+        if saved and int(saved[1]) >= at:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    command = child.cmdline()
+                except psutil.Error:  # a process that has just ended
+                    continue
+                if f"stages/{stage}.py" in command:  # not the shell that DVC runs it in
+                    os.kill(child.pid, signal.SIGKILL)
+                    killed.append(child.pid)
+            break
+    output, log = proc.communicate(timeout=120)
+    assert len(killed) == 1, f"the {stage} stage ended before step {at}"
+    assert proc.returncode != 0 and f"failed to reproduce '{stage}'" in output + log
+    blob = torch.load(workdir / f"data/.{stage}.resume/rank0.pt", weights_only=True)
+    return int(blob["step"])
+
+
+def test_a_killed_repro_resumes_and_locks_what_an_uninterrupted_one_does(restored, monkeypatch):
+    workspace = restored
+    monkeypatch.setenv("BERTPIPE_CHECKPOINT_EVERY", "2")  # read by the stage, through DVC
+    set_param(workspace, "pretrain", "seed", 2)  # a configuration never run: no run cache entry
+    kill_at = random.Random(8).randrange(2, 100, 2)  # of 200 steps
+    step = repro_and_kill(workspace, "pretrain", kill_at)
+    assert kill_at <= step < 200
+    assert not (workspace / "data/pretrain").exists()  # DVC removed it before running the stage
+
+    output, log = dvc_logged(workspace, "repro", "pretrain")
+    assert stages_run(output) == ["pretrain"]
+    assert [int(k) for k in RESUMED.findall(log)] == [step]
+    assert not (workspace / "data/.pretrain.resume").exists()
+    resumed = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]["pretrain"]
+
+    output, log = dvc_logged(workspace, "repro", "--force", "--single-item", "pretrain")
+    assert stages_run(output) == ["pretrain"] and "resuming" not in log
+    uninterrupted = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]["pretrain"]
+    # the same deps, params and outputs, curves included; the metrics differ in throughput only
+    wall_clock = "metrics/pretrain.json"
+    for lock in (resumed, uninterrupted):
+        lock["outs"] = [out for out in lock["outs"] if out["path"] != wall_clock]
+    assert resumed == uninterrupted
 
 
 def test_a_clone_pulls_every_output_from_a_remote_and_has_nothing_to_run(workspace, tmp_path):
