@@ -39,14 +39,14 @@ PARAMS = {
     "model": {"num_hiddens": 24, "ffn_num_hiddens": 48, "num_heads": 2, "num_blks": 2,
               "dropout": 0.1, "max_position": 40},
     "pretrain": {"batch_size": 64, "lr": 0.01, "num_steps": 120, "seed": 0, **D2L_OPTIMISER},
-    "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": 3, "seed": 0,
+    "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": 4, "seed": 0,
                  "pretrained": "pretrain", **D2L_OPTIMISER},
 }  # fmt: skip
 TRAIN_PAIRS = 900  # 29 fine-tuning steps per epoch (28 of 32 pairs, then 4)
 STEPS_PER_EPOCH = -(-TRAIN_PAIRS // PARAMS["finetune"]["batch_size"])
-# Kill steps, drawn once from a seeded generator: pretraining in its first third (at least 80
-# steps of margin before the end); fine-tuning in its second epoch, after the first epoch's
-# results are in (the epoch's last step never checkpoints: its results are not logged yet).
+# Kill steps, drawn once from a seeded generator: pretraining in its first third, fine-tuning in
+# its second epoch of four, after the first epoch's results are in (an epoch's last step never
+# checkpoints: its results are not logged yet). Both leave 70+ steps for the kill to land.
 DRAW = random.Random(8)
 KILL = {
     "pretrain": DRAW.randrange(EVERY, 40, EVERY),
@@ -167,7 +167,8 @@ def test_a_run_killed_mid_training_resumes_to_the_bytes_of_an_uninterrupted_one(
     run = prepared(tmp_path)
     kill_at = KILL[stage]
     step = run_and_kill(stage, inputs, run, kill_at)
-    total = PARAMS["pretrain"]["num_steps"] if stage == "pretrain" else 3 * STEPS_PER_EPOCH
+    epochs = PARAMS["finetune"]["num_epochs"]
+    total = PARAMS["pretrain"]["num_steps"] if stage == "pretrain" else epochs * STEPS_PER_EPOCH
     assert kill_at <= step < total and step % EVERY == 0
     if stage == "finetune":
         assert step > STEPS_PER_EPOCH  # the first epoch's results come from the checkpoint
