@@ -1,16 +1,27 @@
 """The whole pipeline through real DVC, on generated archives served from a loopback HTTP server.
 
 One scratch copy of the repository runs `dvc repro` once (module fixture); the tests then read
-what DVC reports and check that caching and invalidation behave as a DVC user expects.
+what DVC reports and check that caching, invalidation, the run cache, resuming a killed stage
+and a remote behave as a DVC user expects. A test that changes params takes `restored`, which
+puts them back and reruns `dvc repro` (DVC's run cache restores the outputs): every test starts
+from the fixture's state, whatever ran before it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import random
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
+import torch
 import yaml
 
 from bertpipe import small
@@ -29,11 +40,23 @@ def workspace(tmp_path_factory):
     mirror = tmp_path_factory.mktemp("mirror")
     small.copy_repository(REPO, workdir)
     downloads = small.make_archives(mirror)
-    with small.serve(mirror) as base_url:
+    with pytest.MonkeyPatch.context() as env, small.serve(mirror) as base_url:
+        # the stages' torch on one thread: 8x faster than two on this project's busy 2-core
+        # machine; every DVC run of the module gets the same, so they can be compared
+        env.setenv("OMP_NUM_THREADS", "1")
         small.write_params(workdir, downloads, base_url)
         small.commit_all(workdir, "small params")
         small.dvc(workdir, "repro", capture=True)
         yield workdir
+
+
+@pytest.fixture
+def restored(workspace):
+    """The workspace, brought back to the fixture's state after the test changed params."""
+    params = (workspace / "params.yaml").read_text(encoding="utf-8")
+    yield workspace
+    (workspace / "params.yaml").write_text(params, encoding="utf-8")
+    small.dvc(workspace, "repro", capture=True)
 
 
 def stages_run(output: str) -> list[str]:
@@ -83,10 +106,118 @@ def test_a_second_repro_reruns_nothing(workspace):
     assert stages_run(small.dvc(workspace, "repro", capture=True)) == []
 
 
-def test_a_param_change_reruns_exactly_the_stages_downstream(workspace):
+def test_a_param_change_reruns_exactly_the_stages_downstream(restored):
+    workspace = restored
     set_param(workspace, "make_snli", "max_len", 48)
     diff = json.loads(small.dvc(workspace, "params", "diff", "--json", capture=True))
     change = diff["params.yaml"]["make_snli.max_len"]
     assert (change["old"], change["new"]) == (64, 48)
     ran = stages_run(small.dvc(workspace, "repro", capture=True))
     assert sorted(ran) == ["evaluate", "finetune", "make_snli"]
+
+
+def snapshot(workdir: Path) -> dict[str, str]:
+    """SHA-1 of dvc.lock and of every file under data/ and metrics/."""
+    files = [workdir / "dvc.lock"]
+    for folder in ("data", "metrics"):
+        files += sorted(p for p in (workdir / folder).rglob("*") if p.is_file())
+    return {str(p.relative_to(workdir)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_a_configuration_run_before_is_restored_from_the_run_cache(restored):
+    workspace = restored
+    first = snapshot(workspace)
+    model = "data/pretrain/model.safetensors"
+    set_param(workspace, "pretrain", "seed", 1)
+    ran = stages_run(small.dvc(workspace, "repro", capture=True))
+    assert ran == ["pretrain", "finetune", "evaluate"]
+    assert snapshot(workspace)[model] != first[model]
+
+    set_param(workspace, "pretrain", "seed", 0)  # back to the fixture's run: DVC saved it
+    output = small.dvc(workspace, "repro", capture=True)
+    assert stages_run(output) == []
+    for name in ("pretrain", "finetune", "evaluate"):
+        assert f"Stage '{name}' is cached - skipping run, checking out outputs" in output
+    assert snapshot(workspace) == first  # dvc.lock, outputs, metrics and curves as first run
+
+
+DVC = [sys.executable, "-m", "dvc"]
+SAVED = re.compile(r"saved a resume checkpoint at step (\d+)")
+RESUMED = re.compile(r"resuming from step (\d+)")
+
+
+def dvc_logged(workdir: Path, *args: str) -> tuple[str, str]:
+    """Run `dvc <args>`; return (DVC's output, the stages' log), failing with both."""
+    done = subprocess.run([*DVC, *args], cwd=workdir, env=small.dvc_env(), capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    return done.stdout, done.stderr
+
+
+def repro_and_kill(workdir: Path, stage: str, at: int) -> int:
+    """`dvc repro <stage>`; SIGKILL the stage's process once it saved a checkpoint at step `at`
+    or later. Returns the step of the checkpoint left on disk."""
+    proc = subprocess.Popen([*DVC, "repro", stage], cwd=workdir, env=small.dvc_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    killed = []
+    for line in proc.stderr:  # the stage's stderr: DVC hands it its own
+        saved = SAVED.search(line)
+        if saved and int(saved[1]) >= at:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    command = child.cmdline()
+                except psutil.Error:  # a process that has just ended
+                    continue
+                if f"stages/{stage}.py" in command:  # not the shell that DVC runs it in
+                    os.kill(child.pid, signal.SIGKILL)
+                    killed.append(child.pid)
+            break
+    output, log = proc.communicate(timeout=120)
+    assert len(killed) == 1, f"the {stage} stage ended before step {at}"
+    assert proc.returncode != 0 and f"failed to reproduce '{stage}'" in output + log
+    blob = torch.load(workdir / f"data/.{stage}.resume/rank0.pt", weights_only=True)
+    return int(blob["step"])
+
+
+def test_a_killed_repro_resumes_and_locks_what_an_uninterrupted_one_does(restored, monkeypatch):
+    workspace = restored
+    monkeypatch.setenv("BERTPIPE_CHECKPOINT_EVERY", "2")  # read by the stage, through DVC
+    set_param(workspace, "pretrain", "seed", 2)  # a configuration never run: no run cache entry
+    kill_at = random.Random(8).randrange(2, 100, 2)  # of 200 steps
+    step = repro_and_kill(workspace, "pretrain", kill_at)
+    assert kill_at <= step < 200
+    assert not (workspace / "data/pretrain").exists()  # DVC removed it before running the stage
+
+    output, log = dvc_logged(workspace, "repro", "pretrain")
+    assert stages_run(output) == ["pretrain"]
+    assert [int(k) for k in RESUMED.findall(log)] == [step]
+    assert not (workspace / "data/.pretrain.resume").exists()
+    resumed = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]["pretrain"]
+
+    output, log = dvc_logged(workspace, "repro", "--force", "--single-item", "pretrain")
+    assert stages_run(output) == ["pretrain"] and "resuming" not in log
+    uninterrupted = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]["pretrain"]
+    # the same deps, params and outputs, curves included; the metrics differ in throughput only
+    wall_clock = "metrics/pretrain.json"
+    for lock in (resumed, uninterrupted):
+        lock["outs"] = [out for out in lock["outs"] if out["path"] != wall_clock]
+    assert resumed == uninterrupted
+
+
+def test_a_clone_pulls_every_output_from_a_remote_and_has_nothing_to_run(workspace, tmp_path):
+    store, clone = tmp_path / "store", tmp_path / "clone"
+    small.dvc(workspace, "remote", "add", "-d", "store", str(store))
+    try:
+        small.dvc(workspace, "push", capture=True)
+        git = ["git", "-c", "user.name=bertpipe", "-c", "user.email=bertpipe@localhost"]
+        for command in (["add", "-A"], ["commit", "-qm", "results"]):  # dvc.lock, metrics, remote
+            subprocess.run(git + command, cwd=workspace, check=True, capture_output=True)
+        subprocess.run(["git", "clone", "-q", str(workspace), str(clone)], check=True)
+        assert not (clone / "data").exists()  # git holds no output of a cached stage
+
+        small.dvc(clone, "pull", capture=True)
+        assert json.loads(small.dvc(clone, "status", "--json", capture=True)) == {}
+        assert stages_run(small.dvc(clone, "repro", capture=True)) == []
+        assert snapshot(clone) == snapshot(workspace)  # dvc.lock, every output, the metrics
+    finally:
+        small.dvc(workspace, "remote", "remove", "store")

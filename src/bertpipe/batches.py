@@ -189,12 +189,18 @@ class _Collated(torch.utils.data.Dataset):
 
 
 def batches(arrays: Arrays, plan: list, collate: Callable, rt: Runtime) -> Iterator[Batch]:
-    """This rank's part of every batch of `plan`, in order, on the device."""
+    """This rank's part of every batch of `plan`, in order, on the device.
+
+    The loader draws its workers' base seed from a generator of its own: from torch's global
+    one, each new loader would move the dropout masks of every step after it by one draw, and a
+    resumed run, which starts its loaders at other steps, would train on other masks.
+    """
     loader = torch.utils.data.DataLoader(
         _Collated(arrays, plan, collate, Part.of(rt)),
         batch_size=None,
         num_workers=rt.workers,
         pin_memory=rt.cuda,
+        generator=torch.Generator(),  # fixed default seed; the collate functions draw nothing
     )
     for batch in loader:
         yield {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}

@@ -12,7 +12,8 @@ where DVC, which deletes a stage's outputs before running it, leaves them alone.
 with another fingerprint is never resumed (it is deleted). The stage removes the folder once
 its outputs are written. Files are written atomically (a kill mid-save keeps the previous one)
 and loaded with `weights_only=True`, so reading one runs no code. Under torchrun every rank
-keeps its own (dropout differs per rank) and the ranks resume only from a step they all have.
+keeps its own (dropout differs per rank) and the ranks resume only from a step they all have;
+a checkpoint resumes only in as many processes as saved it (the dropout masks depend on that).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Resume:
             rng["cuda"] = torch.cuda.get_rng_state(rt.device)
         blob = {
             "fingerprint": self.fingerprint,
+            "world_size": rt.world_size,
             "step": state.step,
             "history": state.history,
             "epochs": [[step, result] for step, result in state.epochs],
@@ -129,6 +131,11 @@ class Resume:
             return None
         if blob.get("fingerprint") != self.fingerprint:
             log.info("params, inputs or code changed since %s was saved: starting afresh", path)
+            path.unlink(missing_ok=True)
+            return None
+        if blob.get("world_size") != rt.world_size:
+            log.info("%s was saved by %s processes, this run has %d: starting afresh", path,
+                     blob.get("world_size"), rt.world_size)  # fmt: skip
             path.unlink(missing_ok=True)
             return None
         return blob
