@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     train = batches.load_snli_split(args.snli, "train")
     test = batches.load_snli_split(args.snli, "test")
     labels = snli_meta["labels"]
-    inputs = [args.pretrained, args.snli]
+    inputs = [args.pretrained, args.snli, __file__]
     resume = Resume.beside(
         args.out, fingerprint({"finetune": dataclasses.asdict(cfg)}, inputs), args.checkpoint_every
     )

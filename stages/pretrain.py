@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     if artifacts.sha1_of_file(args.vocab) != meta["vocab_sha1"]:
         raise UserError(f"{args.vocab}: not the vocabulary of {args.examples}; rerun make_examples")
     params = {"pretrain": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)}
-    resume = Resume.beside(args.out, fingerprint(params, [args.examples]), args.checkpoint_every)
+    resume = Resume.beside(
+        args.out, fingerprint(params, [args.examples, __file__]), args.checkpoint_every
+    )
 
     with runtime.runtime(args.device, args.workers, args.compile, distributed=True) as rt:
         torch.manual_seed(cfg.seed)

@@ -24,7 +24,8 @@ import pytest
 import torch
 import yaml
 
-from bertpipe import small
+from bertpipe import artifacts, small, synthetic
+from bertpipe.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -221,3 +222,24 @@ def test_a_clone_pulls_every_output_from_a_remote_and_has_nothing_to_run(workspa
         assert snapshot(clone) == snapshot(workspace)  # dvc.lock, every output, the metrics
     finally:
         small.dvc(workspace, "remote", "remove", "store")
+
+
+def test_switching_to_d2ls_weights_reruns_exactly_that_route(restored, tmp_path):
+    """finetune.pretrained: d2l_bert/<name> puts d2l_bert@<name> in the DAG; the repro runs it,
+    make_snli (d2l's vocabulary), finetune and evaluate, and nothing else."""
+    workspace = restored
+    tokens = json.loads((workspace / "data/tokenize_wikitext/vocab.json").read_text())
+    archive = tmp_path / "bert.small.torch.zip"
+    synthetic.write_d2l_bert_archive(archive, tokens, ModelConfig(24, 48, 2, 2, 0.0, 64))
+    entry = {"mirrors": [str(archive)], "sha1": artifacts.sha1_of_file(archive),
+             "num_heads": 2, "dropout": 0.1}  # fmt: skip
+    set_param(workspace, "finetune", "pretrained", "d2l_bert/tiny")
+    params = yaml.safe_load((workspace / "params.yaml").read_text(encoding="utf-8"))
+    params["d2l_bert"] = {"tiny": entry}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    assert "d2l_bert@tiny" in small.dvc(workspace, "dag", capture=True)
+    ran = stages_run(small.dvc(workspace, "repro", capture=True))
+    assert sorted(ran) == ["d2l_bert@tiny", "evaluate", "finetune", "make_snli"]
+    snli_meta = json.loads((workspace / "data/make_snli/meta.json").read_text())
+    assert snli_meta["pad_id"] == sorted(tokens).index("<pad>") != 1
+    assert 0 <= metrics(workspace)["metrics/evaluate.json"]["data"]["accuracy"] <= 1

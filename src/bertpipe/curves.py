@@ -88,7 +88,7 @@ class Throughput:
             self.items += items
 
     def rate(self) -> float | None:
-        """Items per second so far (including a running segment)."""
+        """Items per second so far (including a running segment); None before a timed step."""
         running = time.perf_counter() - self._since if self._since is not None else 0.0
         seconds = self.seconds + running
-        return round(self.items / seconds, 1) if seconds > 0 else None
+        return round(self.items / seconds, 1) if self.items and seconds > 0 else None

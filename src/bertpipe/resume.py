@@ -8,7 +8,8 @@ an uninterrupted one.
 
 The checkpoints live beside the stage's output (`data/.pretrain.resume/` for `data/pretrain`),
 where DVC, which deletes a stage's outputs before running it, leaves them alone. Each holds the
-*fingerprint* of the run: the params, the inputs' bytes and the package's code. A checkpoint
+*fingerprint* of the run: the params, the thread count and torch version, the inputs' bytes
+(the stage script among them) and the package's code. A checkpoint
 with another fingerprint is never resumed (it is deleted). The stage removes the folder once
 its outputs are written. Files are written atomically (a kill mid-save keeps the previous one)
 and loaded with `weights_only=True`, so reading one runs no code. Under torchrun every rank
@@ -48,8 +49,11 @@ class TrainState:
 
 
 def fingerprint(params: dict[str, Any], inputs: list[str | Path]) -> str:
-    """SHA-1 of the params, every byte of the input files (or folders) and the package code."""
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode())
+    """SHA-1 of the params, the thread count (float sums are split by threads, so it shapes the
+    bits), every byte of the input files (or folders; the stage script is one) and the package
+    code."""
+    run = {"params": params, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    digest = hashlib.sha1(json.dumps(run, sort_keys=True, default=str).encode())
     for root in [*map(Path, inputs), SOURCE]:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for path in files:

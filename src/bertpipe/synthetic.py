@@ -10,16 +10,20 @@ falling loss and an above-chance accuracy mean the pipeline works, not that it m
 - SNLI: an entailed hypothesis restates part of the premise, a contradiction negates it or swaps
   its verb, a neutral one adds a detail the premise does not state.
 
-Both draw words from one lexicon, so the pretraining vocabulary covers the NLI sentences.
+Both draw words from one lexicon, so the pretraining vocabulary covers the NLI sentences. An
+untrained model in d2l's weight-archive layout stands in for d2l's published `bert.small`.
 Archives are byte-identical for the same arguments (fixed member timestamps, seeded generator).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import random
 import zipfile
 from pathlib import Path
+
+from bertpipe.config import ModelConfig
 
 SUBJECTS = ["man", "woman", "boy", "girl", "dog", "child", "player", "worker"]
 VERBS = ["riding", "eating", "playing", "holding", "carrying", "watching", "painting", "cooking"]
@@ -157,3 +161,22 @@ def write_snli_archive(
     }
     Path(path).write_bytes(_zip_bytes({f"snli_1.0/{name}": data for name, data in files.items()}))
     return files
+
+
+def write_d2l_bert_archive(path: Path, tokens: list[str], cfg: ModelConfig, seed: int = 0) -> None:
+    """A stand-in for d2l's `bert.small.torch.zip`: an untrained BERTModel's state dict saved
+    with torch.save as `bert.small.torch/pretrained.params`, and `tokens` sorted as d2l 1.0.3
+    sorts its vocabulary (so `<pad>` is not id 1) as `bert.small.torch/vocab.json`."""
+    import torch
+
+    from bertpipe.model import BERTModel
+
+    torch.manual_seed(seed)
+    buffer = io.BytesIO()
+    vocabulary = sorted(tokens)
+    torch.save(BERTModel(len(vocabulary), cfg).state_dict(), buffer)
+    members = {
+        "bert.small.torch/pretrained.params": buffer.getvalue(),
+        "bert.small.torch/vocab.json": json.dumps(vocabulary).encode(),
+    }
+    path.write_bytes(_zip_bytes(members))
