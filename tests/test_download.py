@@ -5,7 +5,6 @@ slow mirrors, error pages, unsafe archives (escapes, bombs, lying headers), no l
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import socket
@@ -494,24 +493,17 @@ def test_unusable_params_fail_before_any_request(http_server, tmp_path, change, 
     assert http_server.hits == []
 
 
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
-    ("stage", "top"), [("download_wikitext", "wikitext-2"), ("download_snli", "snli_1.0")]
+    ("name", "top"), [("download_wikitext", "wikitext-2"), ("download_snli", "snli_1.0")]
 )
-def test_stage_script_end_to_end(http_server, tmp_path, stage, top):
+def test_stage_script_end_to_end(http_server, tmp_path, stage, name, top):
     archive = make_zip({f"{top}/{name}": data for name, data in CONTENT.items()})
     mirrors = [http_server.url("dead.zip"), serve(http_server, "a.zip", archive)]
     section = {"mirrors": mirrors, "sha1": sha1(archive), "files": dict.fromkeys(CONTENT)}
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({stage: section}), encoding="utf-8")
-    out, metrics = tmp_path / "data" / stage, tmp_path / "metrics" / f"{stage}.json"
-    load_stage(stage).main(["--params", str(params), "--out", str(out), "--metrics", str(metrics)])
+    params.write_text(yaml.safe_dump({name: section}), encoding="utf-8")
+    out, metrics = tmp_path / "data" / name, tmp_path / "metrics" / f"{name}.json"
+    stage(name).main(["--params", str(params), "--out", str(out), "--metrics", str(metrics)])
     assert_extracted(out)
     assert json.loads(metrics.read_text(encoding="utf-8")) == {
         "mirror": mirrors[1],

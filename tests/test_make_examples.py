@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,6 @@ from bertpipe.wikitext import Corpus
 V = 37  # vocabulary size of the generated corpora; content ids are 5..36 (no specials)
 VOCAB = Vocab([*SPECIALS, *(f"w{i}" for i in range(5, V))])  # the specials at ids 0-4, as ours
 CLS_ID, MASK_ID, PAD_ID, SEP_ID = VOCAB.cls_id, VOCAB.mask_id, VOCAB.pad_id, VOCAB.sep_id
-STAGES = Path(__file__).resolve().parents[1] / "stages"
 ARRAYS = ["token_ids", "segments", "valid_lens", "pred_positions", "mlm_labels", "mlm_weights"]
 
 
@@ -301,13 +300,6 @@ def test_special_ids_come_from_the_vocabulary():
 # ---- the two stages end to end, on a generated WikiText-like file -------------------------
 
 
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_stage", STAGES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def write_wikitext(path: Path, paragraphs: int = 301) -> None:
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(41)] + ["<unk>", "Cap", "@-@"]
@@ -331,20 +323,22 @@ def write_params(path: Path, max_len=37, seed=0, mask_rate=0.15) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tokenized(tmp_path_factory) -> Path:
+def tokenized(tmp_path_factory, stage) -> Path:
     root = tmp_path_factory.mktemp("tok")
     write_wikitext(root / "wiki.train.tokens")
     params = write_params(root / "params.yaml")
-    load_stage("tokenize_wikitext").main(
+    stage("tokenize_wikitext").main(
         ["--params", str(params), "--tokens", str(root / "wiki.train.tokens"),
          "--out", str(root / "tokenize_wikitext"), "--metrics", str(root / "tok.json")]
     )  # fmt: skip
     return root / "tokenize_wikitext"
 
 
-def run_make_examples(tmp_path: Path, corpus: Path, name: str, **params) -> dict[str, bytes]:
+def run_make_examples(
+    stage: Callable, tmp_path: Path, corpus: Path, name: str, **params
+) -> dict[str, bytes]:
     out, metrics = tmp_path / name, tmp_path / f"{name}.json"
-    load_stage("make_examples").main(
+    stage("make_examples").main(
         ["--params", str(write_params(tmp_path / f"{name}.yaml", **params)),
          "--corpus", str(corpus), "--out", str(out), "--metrics", str(metrics)]
     )  # fmt: skip
@@ -352,10 +346,10 @@ def run_make_examples(tmp_path: Path, corpus: Path, name: str, **params) -> dict
     return files | {"metrics": metrics.read_bytes()}
 
 
-def test_stage_outputs_are_byte_identical_per_seed(tmp_path, tokenized):
-    one = run_make_examples(tmp_path, tokenized, "one")
-    two = run_make_examples(tmp_path, tokenized, "two")
-    other = run_make_examples(tmp_path, tokenized, "other", seed=1)
+def test_stage_outputs_are_byte_identical_per_seed(tmp_path, tokenized, stage):
+    one = run_make_examples(stage, tmp_path, tokenized, "one")
+    two = run_make_examples(stage, tmp_path, tokenized, "two")
+    other = run_make_examples(stage, tmp_path, tokenized, "other", seed=1)
     assert set(one) == {f"{k}.npy" for k in [*ARRAYS, "nsp_labels"]} | {"meta.json", "metrics"}
     assert one == two
     assert one["token_ids.npy"] != other["token_ids.npy"]
@@ -377,29 +371,29 @@ def test_stage_outputs_are_byte_identical_per_seed(tmp_path, tokenized):
     }
 
 
-def test_stage_errors_leave_no_output(tmp_path, tokenized):
+def test_stage_errors_leave_no_output(tmp_path, tokenized, stage):
     with pytest.raises(UserError, match=r"no sentence pair fits make_examples\.max_len=5"):
-        run_make_examples(tmp_path, tokenized, "short", max_len=5)
+        run_make_examples(stage, tmp_path, tokenized, "short", max_len=5)
     with pytest.raises(UserError, match=r"tiny\.yaml: make_examples\.max_len \* mask_rate = 0"):
-        run_make_examples(tmp_path, tokenized, "tiny", max_len=6, mask_rate=0.05)
+        run_make_examples(stage, tmp_path, tokenized, "tiny", max_len=6, mask_rate=0.05)
     assert not any((tmp_path / n).exists() for n in ["short", "short.json", "tiny", "tiny.json"])
 
 
-def test_stage_names_one_sentence_paragraphs_as_the_cause(tmp_path):
+def test_stage_names_one_sentence_paragraphs_as_the_cause(tmp_path, stage):
     corpus = tmp_path / "wiki.train.tokens"
     corpus.write_text(" = Title = \n" + " a short sentence . \n \n" * 50, encoding="utf-8")
-    load_stage("tokenize_wikitext").main(
+    stage("tokenize_wikitext").main(
         ["--params", str(write_params(tmp_path / "params.yaml")), "--tokens", str(corpus),
          "--out", str(tmp_path / "tok"), "--metrics", str(tmp_path / "tok.json"), "--workers=1"]
     )  # fmt: skip
     with pytest.raises(UserError, match="no paragraph of the corpus has two sentences") as info:
-        run_make_examples(tmp_path, tmp_path / "tok", "one", max_len=64)
+        run_make_examples(stage, tmp_path, tmp_path / "tok", "one", max_len=64)
     assert "its 50 paragraphs have one each" in str(info.value)
     assert "max_len" not in str(info.value)
     assert not (tmp_path / "one").exists() and not (tmp_path / "one.json").exists()
 
 
-def test_stage_rejects_a_mismatched_vocabulary(tmp_path, tokenized):
+def test_stage_rejects_a_mismatched_vocabulary(tmp_path, tokenized, stage):
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for f in tokenized.iterdir():
@@ -407,4 +401,4 @@ def test_stage_rejects_a_mismatched_vocabulary(tmp_path, tokenized):
     vocab = json.loads((mixed / "vocab.json").read_text())
     (mixed / "vocab.json").write_text(json.dumps(vocab[:-1]))
     with pytest.raises(UserError, match=r"mixed/vocab\.json: does not match meta\.json"):
-        run_make_examples(tmp_path, mixed, "out")
+        run_make_examples(stage, tmp_path, mixed, "out")

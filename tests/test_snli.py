@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,11 +10,6 @@ import pytest
 
 from bertpipe import artifacts, snli
 from bertpipe.cli import UserError
-
-STAGE = Path(__file__).resolve().parents[1] / "stages" / "make_snli.py"
-_spec = importlib.util.spec_from_file_location("stage_make_snli", STAGE)
-make_snli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_snli)
 
 HEADER = ["gold_label", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse"]
 HEADER += ["sentence2_parse", "sentence1", "sentence2", "captionID", "pairID"]
@@ -196,7 +190,7 @@ def test_missing_required_split_is_named(tmp_path):
         snli.split_files(tmp_path)
 
 
-def test_stage_end_to_end(tmp_path, monkeypatch):
+def test_stage_end_to_end(tmp_path, monkeypatch, stage):
     src = tmp_path / "download_snli"
     write_snli(src, "train", [row("neutral", "( a dog )", "( ( a cat ) runs )")] * 3)
     write_snli(
@@ -209,7 +203,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
     argv += [f"--vocab={tmp_path / 'vocab.json'}", f"--metrics={metrics}"]
     monkeypatch.setenv("BERTPIPE_WORKERS", "1")
 
-    make_snli.main(argv)
+    stage("make_snli").main(argv)
     m = artifacts.read_json(metrics)
     assert m["workers"] == 1 and set(m) == {"workers", "train", "test"}
     assert m["train"]["truncated"] == 3
@@ -248,17 +242,17 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
     good_dev = row("contradiction", "( a )", "( dog )")
     write_snli(src, "dev", [good_dev, good_dev.replace("\t", " ", 1)])
     with pytest.raises(UserError, match=r"snli_1\.0_dev\.txt, line 3"):
-        make_snli.main(argv)
+        stage("make_snli").main(argv)
     assert artifacts.read_json(out / "meta.json")["splits"] == ["train", "test"]  # untouched
     assert artifacts.read_json(metrics) == m
 
     write_snli(src, "dev", [good_dev])
-    make_snli.main([*argv, "--workers=2"])
+    stage("make_snli").main([*argv, "--workers=2"])
     assert artifacts.read_json(out / "meta.json")["splits"] == ["train", "test", "dev"]
     assert artifacts.read_json(metrics)["dev"]["label_counts"]["contradiction"] == 1
 
 
-def test_stage_takes_the_special_ids_from_a_d2l_ordered_vocabulary(tmp_path, monkeypatch):
+def test_stage_takes_the_special_ids_from_a_d2l_ordered_vocabulary(tmp_path, monkeypatch, stage):
     """d2l 1.0.3's vocab.json is alphabetical: '.' sorts before the specials, 'a' after them."""
     src = tmp_path / "download_snli"
     write_snli(src, "train", [row("neutral", "( a dog )", "( ( a cat ) runs . )")])
@@ -271,7 +265,7 @@ def test_stage_takes_the_special_ids_from_a_d2l_ordered_vocabulary(tmp_path, mon
     monkeypatch.setenv("BERTPIPE_WORKERS", "1")
     argv = [f"--params={tmp_path / 'params.yaml'}", f"--tables={src}", f"--out={out}"]
     argv += [f"--vocab={tmp_path / 'vocab.json'}", f"--metrics={tmp_path / 'm.json'}"]
-    make_snli.main(argv)
+    stage("make_snli").main(argv)
     meta = artifacts.read_json(out / "meta.json")
     assert {k: meta[k] for k in ("unk_id", "pad_id", "mask_id", "cls_id", "sep_id")} == {
         "unk_id": 5, "pad_id": 3, "mask_id": 2, "cls_id": 1, "sep_id": 4,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import pytest
 from bertpipe import wikitext
 from bertpipe.cli import UserError
 from bertpipe.vocab import SPECIALS, Vocab
-
-STAGE = Path(__file__).resolve().parents[1] / "stages" / "tokenize_wikitext.py"
 
 # Lines as WikiText writes them: a leading space, " @-@ " joins, headings, blank lines.
 TEXT = (
@@ -37,13 +34,6 @@ EXPECTED = [
     [["one", "sentence", "only", "."]],
     [["a", "number", "like", "3.5", "is", "no", "split"], ["nor", "is", "a.b"], ["end"]],
 ]
-
-
-def load_stage():
-    spec = importlib.util.spec_from_file_location("tokenize_wikitext_stage", STAGE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_stage(stage, params: Path, corpus: Path, out: Path, metrics: Path) -> None:
@@ -201,15 +191,15 @@ def write_params(path: Path, min_freq: int) -> Path:
     return path
 
 
-def test_stage_end_to_end_is_deterministic(tmp_path):
-    stage = load_stage()
+def test_stage_end_to_end_is_deterministic(tmp_path, stage):
+    tokenize = stage("tokenize_wikitext")
     corpus = tmp_path / "wiki.train.tokens"
     corpus.write_text(TEXT * 3, encoding="utf-8")
     params = write_params(tmp_path / "params.yaml", min_freq=3)
     outputs = []
     for run in ("one", "two"):
         out, metrics = tmp_path / run, tmp_path / f"{run}.json"
-        run_stage(stage, params, corpus, out, metrics)
+        run_stage(tokenize, params, corpus, out, metrics)
         outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
         outputs[-1]["metrics"] = metrics.read_bytes()
     assert outputs[0] == outputs[1]
@@ -236,12 +226,12 @@ def test_stage_end_to_end_is_deterministic(tmp_path):
     assert (corpus_arrays.token_ids == vocab.unk_id).sum() == 3
 
 
-def test_stage_bad_corpus_leaves_no_output(tmp_path):
-    stage = load_stage()
+def test_stage_bad_corpus_leaves_no_output(tmp_path, stage):
+    tokenize = stage("tokenize_wikitext")
     corpus = tmp_path / "empty.tokens"
     corpus.write_text(" = Only a heading = \n", encoding="utf-8")
     params = write_params(tmp_path / "params.yaml", min_freq=1)
     out, metrics = tmp_path / "out", tmp_path / "m.json"
     with pytest.raises(UserError, match=r"empty\.tokens: no line contains"):
-        run_stage(stage, params, corpus, out, metrics)
+        run_stage(tokenize, params, corpus, out, metrics)
     assert not out.exists() and not metrics.exists()
