@@ -103,10 +103,6 @@ class Trainer:
             self.state = restored
             self._replay()
 
-    @property
-    def steps_done(self) -> int:
-        return self.state.step
-
     def run(self, step: Step, arrays: batches.Arrays, plan: list, collate: Callable,
             first: int, desc: str) -> np.ndarray:  # fmt: skip
         """Train on every batch of `plan`, whose first batch is global step `first` + 1.
