@@ -36,14 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     files = snli.split_files(args.tables)
     vocab = Vocab.load(args.vocab)
-    encoder = snli.PairEncoder(
-        token_to_id={t: i for i, t in enumerate(vocab.tokens)},
-        max_len=cfg.max_len,
-        dtype=artifacts.id_dtype(len(vocab)),
-        unk_id=vocab.unk_id,
-        cls_id=vocab.cls_id,
-        sep_id=vocab.sep_id,
-    )
+    encoder = snli.PairEncoder.of(vocab, cfg.max_len)
 
     metrics: dict = {"workers": workers}
     with artifacts.atomic_dir(args.out) as out:

@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from bertpipe import artifacts, config
@@ -52,7 +53,10 @@ def _load(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any
     rerun = f"run the {WRITER[kind]} stage first"
     if not Path(path).is_file():
         raise UserError(f"{path}: no such checkpoint; {rerun}")
-    tensors, meta = artifacts.load_checkpoint(path)
+    try:
+        tensors, meta = artifacts.load_checkpoint(path)
+    except SafetensorError as err:
+        raise UserError(f"{path}: not a safetensors checkpoint ({err}); {rerun}") from None
     if meta.get("kind") != kind:
         raise UserError(f"{path}: expected a '{kind}' checkpoint, found '{meta.get('kind')}'")
     missing = [k for k in KEYS[kind] if k not in meta]

@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from bertpipe import artifacts
 from bertpipe.cli import UserError
+from bertpipe.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +234,18 @@ class PairEncoder:
     unk_id: int
     cls_id: int
     sep_id: int
+
+    @classmethod
+    def of(cls, vocab: Vocab, max_len: int) -> PairEncoder:
+        """The encoder for `vocab`'s ids (its special tokens wherever it puts them)."""
+        return cls(
+            token_to_id={t: i for i, t in enumerate(vocab.tokens)},
+            max_len=max_len,
+            dtype=artifacts.id_dtype(len(vocab)),
+            unk_id=vocab.unk_id,
+            cls_id=vocab.cls_id,
+            sep_id=vocab.sep_id,
+        )
 
     def __post_init__(self) -> None:
         if not 3 <= self.max_len <= np.iinfo(np.int16).max:

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from torch import Tensor
 
 from bertpipe import artifacts, checkpoints, snli
@@ -46,19 +45,13 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 def load_classifier(path: str | Path) -> tuple[BERTClassifier, dict[str, Any]]:
     """A fine-tuned classifier (eval mode, CPU) and its meta."""
-    return _checkpoint(checkpoints.load_classifier, path)  # checkpoints.load_classifier: may move
+    model, meta = checkpoints.load_classifier(path)
+    return model.eval(), meta
 
 
 def load_bert(path: str | Path) -> tuple[BERTModel, dict[str, Any]]:
     """A pretrained (or imported) BERT (eval mode, CPU) and its meta."""
-    return _checkpoint(checkpoints.load_bert, path)  # checkpoints.load_bert: may move
-
-
-def _checkpoint(load: Any, path: str | Path) -> tuple[Any, dict[str, Any]]:
-    try:
-        model, meta = load(path)
-    except SafetensorError as err:
-        raise UserError(f"{path}: not a safetensors checkpoint ({err})") from None
+    model, meta = checkpoints.load_bert(path)
     return model.eval(), meta
 
 
@@ -133,15 +126,9 @@ def _jsonl_pair(line: str, where: str) -> tuple[str, str]:
 
 def encode_pairs(vocab: Vocab, premises: list[str], hypotheses: list[str], max_len: int) -> dict:
     """make_snli's arrays for these pairs (labels all 0): cleaned, truncated to `max_len`."""
-    encoder = snli.PairEncoder(
-        token_to_id={t: i for i, t in enumerate(vocab.tokens)},
-        max_len=max_len,
-        dtype=artifacts.id_dtype(len(vocab)),
-        unk_id=vocab.unk_id,
-        cls_id=vocab.cls_id,
-        sep_id=vocab.sep_id,
+    encoded = snli.PairEncoder.of(vocab, max_len).encode(
+        [snli.clean(p) for p in premises], [snli.clean(h) for h in hypotheses]
     )
-    encoded = encoder.encode([snli.clean(p) for p in premises], [snli.clean(h) for h in hypotheses])
     return {**encoded.arrays(), "labels": np.zeros(len(premises), dtype=np.uint8)}
 
 
