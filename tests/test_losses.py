@@ -77,3 +77,13 @@ def test_nsp_loss_and_accuracies():
     mlm_logits = F.one_hot(torch.tensor([[1, 2, 0]]), 3).float()  # argmax = 1, 2, 0
     acc = losses.mlm_accuracy(mlm_logits, torch.tensor([[1, 0, 2]]), torch.tensor([[1, 1, 0.0]]))
     assert acc.item() == pytest.approx(0.5)  # slot 3 is padding
+
+
+def test_exact_sum_gives_the_same_bits_at_1_and_2_threads():
+    """PyTorch's CPU sum of more than 32,768 numbers into one rounds by thread; exact_sum not."""
+    x = torch.randn(100_003, generator=torch.Generator().manual_seed(0)) * 1e3
+    torch.set_num_threads(1)  # the one_thread fixture restores its own count
+    one = losses.exact_sum(x)
+    torch.set_num_threads(2)
+    assert torch.equal(losses.exact_sum(x), one)
+    assert losses.exact_sum(x).item() == pytest.approx(x.double().sum().item(), rel=1e-5)

@@ -369,3 +369,52 @@ def test_packed_gradients_do_not_depend_on_thread_scheduling():
     first = grads()
     for _ in range(3):
         assert all(torch.equal(a, b) for a, b in zip(first, grads(), strict=True))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_gradients_do_not_depend_on_the_thread_count(packed):
+    """One training forward and backward, dropout on, at 1 and 2 threads: the same bits.
+
+    PyTorch's CPU LayerNorm backward adds one partial weight gradient per thread, and its CPU
+    softmax backward rounds by thread too; with nn.LayerNorm or Tensor.softmax this fails.
+    (At 3 or more threads MKL's matmuls round differently: runtime.Threads never goes there.)
+    """
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = BERTModel(V, ModelConfig(64, 128, 2, 1, 0.2, 64)).train()
+    lens = np.sort(torch.randint(20, 64, (128,), generator=g).numpy())  # about 5k rows
+    n = int(lens.sum())
+    tokens = torch.randint(0, V, (n,), generator=g)
+    segments = torch.randint(0, 2, (n,), generator=g)
+    packing = Packing.of(lens, 4)
+    slots = torch.randperm(n, generator=g)[: n // 7]  # distinct rows, as prediction slots are
+
+    def grads(threads: int) -> list[torch.Tensor]:
+        torch.set_num_threads(threads)  # the one_thread fixture restores its own count
+        torch.manual_seed(1)  # the same dropout masks
+        model.zero_grad()
+        if packed:
+            X = model.encoder.forward_packed(tokens, segments, packing)  # (N, H)
+        else:
+            padded = torch.zeros(len(lens), 64, dtype=torch.long)
+            padded[torch.arange(64) < torch.from_numpy(lens)[:, None]] = tokens
+            X = model.encoder(padded, torch.zeros_like(padded), torch.from_numpy(lens))
+            X = X.reshape(-1, 64)
+        mlm = model.mlm.mlp(X.reshape(-1, 64)[slots])  # (S, V): the head's LayerNorm too
+        (mlm.square().mean() + model.hidden(X[:3]).sum()).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    assert all(torch.equal(a, b) for a, b in zip(grads(1), grads(2), strict=True))
+
+
+def test_dropout_drops_p_and_keeps_the_mean():
+    X = torch.full((1000, 1000), 2.0)
+    torch.manual_seed(0)
+    out = dropout(X, 0.2, training=True)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.002  # 1M draws: sd 0.0004
+    assert torch.unique(out).tolist() == [0.0, pytest.approx(2.0 / (1 - 13107 / 65536))]
+    assert out.double().mean().item() == pytest.approx(2.0, abs=0.01)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(X, 0.2, training=True), out)  # seeded: the same mask
+    assert torch.equal(dropout(X, 0.2, training=False), X)

@@ -21,6 +21,7 @@ from bertpipe import config
 from bertpipe.batches import Arrays, Batch, collate_snli, length_buckets, snli_lengths
 from bertpipe.evaluate import evaluate_accuracy
 from bertpipe.loop import Trainer
+from bertpipe.losses import exact_sum
 from bertpipe.model import BERTClassifier
 from bertpipe.resume import Resume
 from bertpipe.runtime import Runtime, autocast, prepare
@@ -35,10 +36,10 @@ def step(net: nn.Module, b: Batch, rt: Runtime) -> tuple[Tensor, Tensor]:
     with autocast(rt):
         logits = net(b["tokens"], b["segments"], b["valid_lens"])  # (B, C)
     w = b["weights"]  # (B,)
-    loss = (F.cross_entropy(logits.float(), b["labels"], reduction="none") * w).sum()
+    loss = exact_sum(F.cross_entropy(logits.float(), b["labels"], reduction="none") * w)
     loss = loss / b["num_examples"]
     hits = (logits.detach().argmax(-1) == b["labels"]).float()  # (B,)
-    accuracy = (hits * w).sum() / b["num_examples"]
+    accuracy = exact_sum(hits * w) / b["num_examples"]
     return loss * rt.world_size, torch.stack([loss, accuracy])
 
 

@@ -17,6 +17,19 @@ from torch import Tensor, nn
 LOGIT_BLOCK = 512  # MLM logits per block of vocabulary columns on CPU (_LinearCrossEntropy)
 
 
+def exact_sum(x: Tensor) -> Tensor:
+    """x.sum(), in an order that does not depend on the thread count.
+
+    PyTorch's CPU sum of more than 32,768 numbers into one splits them among the threads, so its
+    rounding depends on how many there are; a sum along a dim does not. Rows of 1,024 summed row
+    by row, then the row sums: the same bits at any thread count.
+    """
+    x = x.reshape(-1)
+    while x.numel() > 32768:
+        x = F.pad(x, (0, -x.numel() % 1024)).view(-1, 1024).sum(dim=1)
+    return x.sum()
+
+
 def mlm_loss(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
     """Σ w·CE / (Σ w + 1e-8) over prediction slots: padding slots (w = 0) cannot contribute.
 
@@ -77,9 +90,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         target = (x.float() * weight[labels].float()).sum(dim=1) + bias[labels].float()  # (S,)
         w = weights.float()
         scale = w / denominator  # (S,)
-        loss = ((top + total.log() - target) * scale).sum()
+        loss = exact_sum((top + total.log() - target) * scale)
         hits = guess.gather(0, first[None])[0] == labels
-        accuracy = (hits.float() * w).sum() / denominator
+        accuracy = exact_sum(hits.float() * w) / denominator
         factor = rescale * (scale / total)  # (n, S)
         for block, f in zip(blocks, factor, strict=True):
             block.mul_(f[:, None])  # exp(logit - block max) -> scale · softmax
@@ -117,5 +130,5 @@ def linear_cross_entropy(
     Both are Σ over the slots of w·(CE or hit) / (total + 1e-8); `total` defaults to Σ w, which
     makes them `mlm_loss` and `mlm_accuracy`. Give the whole batch's Σ w when ranks share it.
     """
-    total = weights.float().sum() if total is None else total.float()
+    total = exact_sum(weights.float()) if total is None else total.float()
     return _LinearCrossEntropy.apply(x, layer.weight, layer.bias, labels, weights, total + 1e-8)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from bertpipe import config
 from bertpipe.batches import Arrays, Batch, collate_examples, pretraining_plan
 from bertpipe.loop import Trainer
-from bertpipe.losses import linear_cross_entropy
+from bertpipe.losses import exact_sum, linear_cross_entropy
 from bertpipe.model import BERTModel
 from bertpipe.resume import Resume
 from bertpipe.runtime import Runtime, autocast, prepare
@@ -61,10 +61,10 @@ def step(net: nn.Module, b: Batch, rt: Runtime) -> tuple[Tensor, Tensor]:
         mlm, mlm_acc, nsp_logits = net(b)  # (), (), (B, 2)
     w = b["nsp_weights"]  # (B,)
     ce = F.cross_entropy(nsp_logits.float(), b["nsp_labels"], reduction="none")  # (B,)
-    nsp = (ce * w).sum() / b["num_examples"]
+    nsp = exact_sum(ce * w) / b["num_examples"]
     with torch.no_grad():
         hits = (nsp_logits.argmax(-1) == b["nsp_labels"]).float()
-        nsp_acc = (hits * w).sum() / b["num_examples"]
+        nsp_acc = exact_sum(hits * w) / b["num_examples"]
     return (mlm + nsp) * rt.world_size, torch.stack([mlm, nsp, mlm_acc, nsp_acc])
 
 
