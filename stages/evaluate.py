@@ -5,7 +5,7 @@ Writes: --metrics (metrics/evaluate.json), --predictions (data/evaluate/predicti
         `actual,predicted` label names, one row per pair, for DVC's confusion plot)
 Params: evaluate
 
-Speed knobs (not params): --device, --workers.
+Speed knobs (not params): --device, --threads, --workers.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.model}: labels {labels} differ from {args.snli}'s; re-run finetune")
     data = batches.load_snli_split(args.snli, cfg.split)
 
-    with runtime.runtime(args.device, args.workers, "off", distributed=False) as rt:
+    with runtime.runtime(
+        args.device, args.workers, "off", distributed=False, threads=args.threads
+    ) as rt:
         predicted = predict(model, data, cfg.batch_size, rt)
     actual = np.asarray(data["labels"], dtype=np.int64)
     report = metrics.classification_report(actual, predicted, labels)

@@ -6,7 +6,7 @@ Writes: --out (data/finetune/model.safetensors), --metrics (metrics/finetune.jso
         --live (metrics/finetune_live/: DVCLive curves under plots/metrics/, x = step)
 Params: finetune (the model's shape and dropout come from the checkpoint)
 
-Speed knobs (not params): --device, --workers, --compile, --checkpoint-every. Launch with
+Speed knobs (not params): --device, --threads, --workers, --compile, --checkpoint-every. Launch with
 torchrun for DDP. A killed run resumes from its last checkpoint (data/.finetune.resume/).
 """
 
@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         args.out, fingerprint({"finetune": dataclasses.asdict(cfg)}, inputs), args.checkpoint_every
     )
 
-    with runtime.runtime(args.device, args.workers, args.compile, distributed=True) as rt:
+    with runtime.runtime(
+        args.device, args.workers, args.compile, distributed=True, threads=args.threads
+    ) as rt:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
         model = BERTClassifier(bert, num_classes=len(labels))
         with curves.curves(args.live, rt) as live:

@@ -6,7 +6,7 @@ Writes: --out (data/pretrain/: model.safetensors, and vocab.json, the vocabulary
         --live (metrics/pretrain_live/: DVCLive curves under plots/metrics/, x = step)
 Params: pretrain, model
 
-Speed knobs (not params): --device, --workers, --compile, --checkpoint-every. Launch with
+Speed knobs (not params): --device, --threads, --workers, --compile, --checkpoint-every. Launch with
 torchrun for DDP. A killed run resumes from its last checkpoint (data/.pretrain.resume/).
 """
 
@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         args.out, fingerprint(params, [args.examples, __file__]), args.checkpoint_every
     )
 
-    with runtime.runtime(args.device, args.workers, args.compile, distributed=True) as rt:
+    with runtime.runtime(
+        args.device, args.workers, args.compile, distributed=True, threads=args.threads
+    ) as rt:
         torch.manual_seed(cfg.seed)
         model = BERTModel(meta["vocab_size"], model_cfg)
         log.info("BERT with %d parameters, %d examples", num_parameters(model),

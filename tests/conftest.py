@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -369,3 +372,27 @@ def fake() -> SimpleNamespace:
         VOCAB=VOCAB, SHA=SHA, LABELS=LABELS, TINY=TINY, examples=write_examples, vocab=write_vocab,
         snli_arrays=snli_arrays, snli=write_snli, bert=write_bert, curve=read_curve,
     )  # fmt: skip
+
+
+@pytest.fixture
+def busy_core() -> Iterator[int]:
+    """This process on two cores, a busy process on one of them; yields that core.
+
+    Skips where there are not two cores, or no /proc/stat (runtime.Threads cannot see load).
+    """
+    if not hasattr(os, "sched_setaffinity") or not Path("/proc/stat").exists():
+        pytest.skip("needs Linux's CPU affinity and /proc/stat")
+    before = os.sched_getaffinity(0)
+    if len(before) < 2:
+        pytest.skip("needs two cores")
+    cores = sorted(before)[:2]
+    os.sched_setaffinity(0, cores)
+    spin = f"import os; os.sched_setaffinity(0, {{{cores[1]}}})\nwhile True: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    time.sleep(0.5)  # under way
+    try:
+        yield cores[1]
+    finally:
+        busy.kill()
+        busy.wait()
+        os.sched_setaffinity(0, before)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from bertpipe import artifacts, batches, checkpoints, config, finetune, pretrain
+from bertpipe import artifacts, batches, checkpoints, config, finetune, pretrain, runtime
 from bertpipe.cli import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,26 +97,48 @@ def test_pretrain_finetune_evaluate_stages_end_to_end(work, stage, fake):
     assert actual == np.load(work / "data/make_snli/dev/labels.npy").tolist()  # file order
 
 
-def test_pretraining_twice_gives_a_byte_identical_checkpoint(work, stage, fake):
-    torch.set_num_threads(2)  # the default here; the one_thread fixture restores its own
-    stage("pretrain").main(pretrain_args(work))
-    first = artifacts.sha1_of_file(work / "data/pretrain/model.safetensors")
-    stage("pretrain").main(pretrain_args(work))
-    assert artifacts.sha1_of_file(work / "data/pretrain/model.safetensors") == first
+SPEED = ("pairs_per_sec", "examples_per_sec", "train_seconds", "threads", "threads_mean")
 
 
-def test_finetuning_twice_gives_a_byte_identical_checkpoint_and_metrics(work, stage, fake):
-    """With dropout on and two threads, as `dvc repro` runs it on this project's machines."""
-    torch.set_num_threads(2)  # the one_thread fixture restores its own count afterwards
+def outcome(root: Path, name: str) -> tuple[str, dict, str]:
+    """(checkpoint SHA-1, metrics without the speed figures, the DVCLive metrics) of a run."""
+    metrics = artifacts.read_json(root / f"metrics/{name}.json")
+    live = (root / f"metrics/{name}_live/metrics.json").read_text()
+    checkpoint = artifacts.sha1_of_file(root / f"data/{name}/model.safetensors")
+    return checkpoint, {k: v for k, v in metrics.items() if k not in SPEED}, live
+
+
+def test_pretraining_gives_the_same_bytes_twice_and_at_1_and_2_threads(work, stage, fake):
+    runs = []
+    for threads in ("2", "2", "1"):
+        stage("pretrain").main([*pretrain_args(work), "--threads", threads])
+        runs.append(outcome(work, "pretrain"))
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_finetuning_gives_the_same_bytes_twice_and_at_1_and_2_threads(work, stage, fake):
+    """With dropout on, as `dvc repro` runs it."""
     pretrained = fake.bert(work / "bert.safetensors", cfg=config.ModelConfig(24, 48, 2, 2, 0.1, 40))
     runs = []
-    for _ in range(2):
-        stage("finetune").main(finetune_args(work, pretrained))
-        metrics = artifacts.read_json(work / "metrics/finetune.json")
-        for speed in ("examples_per_sec", "train_seconds"):
-            metrics.pop(speed)
-        runs.append((artifacts.sha1_of_file(work / "data/finetune/model.safetensors"), metrics))
-    assert runs[0] == runs[1]
+    for threads in ("2", "2", "1"):
+        stage("finetune").main([*finetune_args(work, pretrained), "--threads", threads])
+        runs.append(outcome(work, "finetune"))
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_auto_threads_beside_a_busy_process_change_no_bit(work, stage, fake, busy_core,
+                                                           monkeypatch):  # fmt: skip
+    """auto drops to 1 thread while another process keeps a core busy: the same outputs."""
+    params = {**PARAMS, "pretrain": {**PARAMS["pretrain"], "num_steps": 40}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setattr(runtime.Threads, "WINDOW", 0.05)
+    torch.set_num_threads(2)  # the one_thread fixture restores its own count
+    stage("pretrain").main([*pretrain_args(work), "--threads", "auto"])
+    auto = artifacts.read_json(work / "metrics/pretrain.json")
+    assert auto["threads"] == "auto" and auto["threads_mean"] < 1.5
+    first = outcome(work, "pretrain")
+    stage("pretrain").main([*pretrain_args(work), "--threads", "2"])
+    assert outcome(work, "pretrain") == first
 
 
 def test_pretrain_refuses_examples_longer_than_the_positional_embedding(work, stage, fake):

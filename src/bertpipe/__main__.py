@@ -86,7 +86,7 @@ def predict(args: argparse.Namespace) -> None:
         use.read_pairs(args.file) if args.file else ([args.pair[0]], [args.pair[1]])
     )
     pairs = use.encode_pairs(vocab, premises, hypotheses, max_len)
-    rt = runtime.Runtime(runtime.pick_device(args.device), compile=False, workers=0)
+    rt = runtime.Runtime(runtime.pick_device(args.device), False, 0, threads=runtime.Threads())
     probs = evaluate.probabilities(model, pairs, args.batch_size, rt)
     rows = use.predictions(premises, hypotheses, probs, meta["labels"])
     sys.stdout.write(use.format_predictions(rows, meta["labels"], args.format))

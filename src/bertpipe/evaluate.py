@@ -24,6 +24,7 @@ def _logits(model: nn.Module, snli: Arrays, batch_size: int, rt: Runtime) -> Ite
     model.eval()
     plan = sorted_batches(snli_lengths(snli), batch_size)
     for b in batches(snli, plan, collate_snli, rt):
+        rt.threads.adjust()
         with autocast(rt):
             logits: Tensor = model(b["tokens"], b["segments"], b["valid_lens"])
         yield b, logits.float()

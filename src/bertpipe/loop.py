@@ -145,6 +145,7 @@ class Trainer:
         log_rows(self.live, self.state.step, names, np.array([list(result.values())]))
 
     def _step(self, step: Step, batch: batches.Batch) -> Tensor:
+        self.rt.threads.adjust()
         loss, stats = step(self.net, batch, self.rt)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -49,10 +49,9 @@ class TrainState:
 
 
 def fingerprint(params: dict[str, Any], inputs: list[str | Path]) -> str:
-    """SHA-1 of the params, the thread count (float sums are split by threads, so it shapes the
-    bits), every byte of the input files (or folders; the stage script is one) and the package
-    code."""
-    run = {"params": params, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    """SHA-1 of the params, the torch version, every byte of the input files (or folders; the
+    stage script is one) and the package code. Not the thread count: it changes no bit."""
+    run = {"params": params, "torch": torch.__version__}
     digest = hashlib.sha1(json.dumps(run, sort_keys=True, default=str).encode())
     for root in [*map(Path, inputs), SOURCE]:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]

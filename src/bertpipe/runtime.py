@@ -1,8 +1,8 @@
 """Where training runs: the device, threads, the torchrun process group, compilation, autocast.
 
 Everything here changes how fast a stage runs, never what it computes, so none of it is a param:
-the stage scripts take `--device`, `--workers` and `--compile` flags whose defaults come from
-environment variables, and record the values used in their metrics (`Runtime.knobs`).
+the stage scripts take `--device`, `--threads`, `--workers` and `--compile` flags whose defaults
+come from environment variables, and record the values used in their metrics (`Runtime.knobs`).
 
 Under torchrun (WORLD_SIZE > 1) `runtime()` joins the process group (NCCL on CUDA, Gloo on CPU);
 `reduce_sum` is how the ranks agree on a figure.
@@ -15,8 +15,9 @@ import ctypes
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +29,78 @@ from bertpipe.cli import UserError
 log = logging.getLogger(__name__)
 
 
+def _busy_seconds(cpus: set[int]) -> float | None:
+    """CPU seconds the kernel has counted as busy (not idle or waiting on I/O) on `cpus`, by
+    every process together, since boot; None where /proc/stat is not there to tell."""
+    try:
+        lines = open("/proc/stat").read().splitlines()  # noqa: SIM115 (tiny, read at once)
+    except OSError:
+        return None
+    ticks = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            ticks += user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class Threads:
+    """How many threads the CPU kernels use: a fixed count, or `auto`.
+
+    auto, with 2 threads to use (this project's machines; OMP_NUM_THREADS=2 elsewhere): 1
+    thread while other processes keep a core busy, 2 otherwise, re-read between training
+    steps. PyTorch's OpenMP threads spin-wait for each other after every parallel op: beside one
+    other busy process, a 2-thread training step ran 2.8x slower than a 1-thread one
+    (BENCHMARKS.md). Training gives the same bits at 1 and 2 threads (model.py; MKL splits a
+    matmul between 2 threads without changing its rounding, tested on 268 random shapes), so
+    the switch changes no output. At 3 or more threads MKL's matmuls round differently from 1
+    thread (27 of those shapes), so with more threads auto keeps the count fixed.
+
+    Other processes' load is the busy time /proc/stat counts on our cores minus our own CPU
+    time, over at least WINDOW seconds.
+    """
+
+    WINDOW = 0.5  # seconds of CPU accounting behind each choice
+
+    def __init__(self, setting: str = "auto"):
+        if setting != "auto" and not (setting.isdigit() and int(setting) > 0):
+            raise UserError(f"--threads (or $BERTPIPE_THREADS): expected auto or a count "
+                            f"of 1 or more, got {setting!r}")  # fmt: skip
+        if setting != "auto":
+            torch.set_num_threads(int(setting))
+        self.most = torch.get_num_threads()  # auto: $OMP_NUM_THREADS, else the usable cores
+        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        self.auto = setting == "auto" and self.most == 2 and _busy_seconds(self.cpus) is not None
+        self.setting, self.steps, self.thread_steps = setting, 0, 0
+        self._since = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        """(wall clock, busy seconds on our cores, our own CPU seconds)"""
+        busy = _busy_seconds(self.cpus) if self.auto else 0.0
+        return time.monotonic(), busy or 0.0, time.process_time()
+
+    def adjust(self) -> None:
+        """Between steps: (auto) follow the free cores; count the threads this step uses."""
+        now = self._sample()
+        wall = now[0] - self._since[0]
+        if self.auto and wall >= self.WINDOW:
+            others = ((now[1] - self._since[1]) - (now[2] - self._since[2])) / wall  # cores
+            count = 2 if len(self.cpus) - others >= 1.5 else 1
+            if count != torch.get_num_threads():
+                log.info("other processes keep %.1f of %d cores busy: %d threads",
+                         others, len(self.cpus), count)  # fmt: skip
+                torch.set_num_threads(count)
+            self._since = now
+        self.steps += 1
+        self.thread_steps += torch.get_num_threads()
+
+    def knobs(self) -> dict[str, Any]:
+        mean = self.thread_steps / self.steps if self.steps else torch.get_num_threads()
+        setting = self.setting if self.setting == "auto" else int(self.setting)
+        return {"threads": setting, "threads_mean": round(mean, 2)}
+
+
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
@@ -35,6 +108,7 @@ class Runtime:
     workers: int
     rank: int = 0
     world_size: int = 1
+    threads: Threads = field(default_factory=lambda: Threads(str(torch.get_num_threads())))
 
     @property
     def is_main(self) -> bool:
@@ -50,7 +124,7 @@ class Runtime:
             "device": str(self.device),
             "compile": self.compile,
             "workers": self.workers,
-            "threads": torch.get_num_threads(),
+            **self.threads.knobs(),
             "world_size": self.world_size,
         }
 
@@ -59,14 +133,21 @@ CPU = Runtime(torch.device("cpu"), compile=False, workers=0)  # one process, eag
 
 
 def add_speed_args(parser: Any, training: bool = True) -> None:
-    """--device, --workers (and for training --compile, --checkpoint-every): flags with env
-    defaults, not params, because they change how fast a stage runs, never what it computes."""
+    """--device, --threads, --workers (and for training --compile, --checkpoint-every): flags
+    with env defaults, not params: they change how fast a stage runs, never what it computes."""
     env = os.environ.get
     parser.add_argument(
         "--device",
         default=env("BERTPIPE_DEVICE", "auto"),
         help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps "
         "(default: $BERTPIPE_DEVICE or auto)",
+    )
+    parser.add_argument(
+        "--threads",
+        default=env("BERTPIPE_THREADS", "auto"),
+        help="CPU threads: a count, or auto = the cores other processes leave free, re-read "
+        "between steps, at most $OMP_NUM_THREADS or the usable cores; results are the same "
+        "at any count (default: $BERTPIPE_THREADS or auto)",
     )
     parser.add_argument(
         "--workers",
@@ -133,14 +214,17 @@ def _keep_freed_memory() -> None:
 
 
 @contextlib.contextmanager
-def runtime(device: str, workers: int, compile: str, distributed: bool) -> Iterator[Runtime]:
-    """Choose the device; under torchrun (WORLD_SIZE > 1) also join the process group."""
+def runtime(device: str, workers: int, compile: str, distributed: bool,
+            threads: str = "auto") -> Iterator[Runtime]:  # fmt: skip
+    """Choose the device and threads; under torchrun (WORLD_SIZE > 1) also join the process
+    group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not distributed:
         raise UserError("this stage runs in one process; launch it without torchrun")
     if workers < 0:
         raise UserError(f"--workers (or $BERTPIPE_WORKERS): expected 0 or more, got {workers}")
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    threads_before = torch.get_num_threads()
     dev = pick_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -153,11 +237,12 @@ def runtime(device: str, workers: int, compile: str, distributed: bool) -> Itera
     if rank != 0:  # one voice: the other ranks only warn
         logging.getLogger().setLevel(logging.WARNING)
     use_compile = compile == "on" or (compile == "auto" and dev.type == "cuda")
-    rt = Runtime(dev, use_compile, workers, rank, world_size)
+    rt = Runtime(dev, use_compile, workers, rank, world_size, Threads(threads))
     log.info(
-        "running on %s, %d threads, world size %d, compile %s, %d loader workers",
+        "running on %s, threads %s (at most %d), world size %d, compile %s, %d loader workers",
         dev,
-        torch.get_num_threads(),
+        threads,
+        rt.threads.most,
         world_size,
         "on" if use_compile else "off",
         workers,
@@ -165,6 +250,7 @@ def runtime(device: str, workers: int, compile: str, distributed: bool) -> Itera
     try:
         yield rt
     finally:
+        torch.set_num_threads(threads_before)
         if world_size > 1:
             dist.destroy_process_group()
 
