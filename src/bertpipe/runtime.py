@@ -61,7 +61,7 @@ class Threads:
     time, over at least WINDOW seconds.
     """
 
-    WINDOW = 0.5  # seconds of CPU accounting behind each choice
+    WINDOW = 0.2  # seconds of CPU accounting behind each choice
 
     def __init__(self, setting: str = "auto"):
         if setting != "auto" and not (setting.isdigit() and int(setting) > 0):
@@ -82,6 +82,8 @@ class Threads:
 
     def adjust(self) -> None:
         """Between steps: (auto) follow the free cores; count the threads this step uses."""
+        if self.auto and self.steps == 0:  # the first step too runs on a count chosen from load
+            time.sleep(max(0.0, self.WINDOW - (time.monotonic() - self._since[0])))
         now = self._sample()
         wall = now[0] - self._since[0]
         if self.auto and wall >= self.WINDOW:
