@@ -1,7 +1,7 @@
 """Time every stage's work against d2l's own implementation, side by side, on the same data.
 
     python benchmarks/compare_d2l.py [--shared ../shared/data] [--wiki-repeat 5]
-        [--snli-pairs 100000] [--steps 5] [--repeats 2] [--json OUT]
+        [--snli-pairs 100000] [--steps 5] [--repeats 2] [--contend N] [--json OUT]
         [--wiki FILE] [--snli-file FILE]      (real files instead of the repeated ones)
 
 Data: WikiText = (wiki.valid.tokens + wiki.test.tokens) x --wiki-repeat (5: about the size of
@@ -16,11 +16,17 @@ the script checks that both sides did the same work (example and pair counts, vo
 size, steps, batch size) and stops if not. MFU: useful model FLOP/s of our pretraining step
 (see ours.useful_flops) over the best fp32 2048^3 matmul FLOP/s measured in the same run.
 Waits (up to --wait-max seconds) for the 1-minute load average to fall below --quiet first.
+
+--contend N: N busy processes (`while True: pass`) run through every measurement of both sides,
+as a user's other work would; the matmul peak is measured before they start. The training
+stages are also run at --threads 1 (ours), the figure the issue holds them to: with other work
+on the cores, never slower than one thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import real_data  # a sibling script: Python puts this folder first on sys.path
@@ -50,6 +57,19 @@ def wait_quiet(threshold: float, wait_max: float) -> float:
         print(f"  load {load:.2f} >= {threshold}: waiting", file=sys.stderr, flush=True)
         time.sleep(20)
     return load
+
+
+@contextlib.contextmanager
+def contention(n: int) -> Iterator[None]:
+    """`n` busy processes for the duration of the block."""
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(1.0 if n else 0.0)  # under way before anything is measured
+        yield
+    finally:
+        for process in spin:
+            process.kill()
+            process.wait()
 
 
 def run_json(cmd: list[str], env: dict[str, str]) -> dict:
@@ -131,24 +151,31 @@ def measure(args: argparse.Namespace, wiki: Path, snli: Path, tmp: Path) -> dict
         ),
     }  # fmt: skip
     matmul = [py, str(HERE / "ours.py"), "matmul"]
-    results: dict = {"ours": {}, "d2l": {}, "matmul": [run_json(matmul, env)]}
-    for name in args.only or list(jobs):
-        ours_cmd, d2l_cmds = jobs[name]
-        mine, theirs = [], []
-        for r in range(args.repeats):
-            print(f"{name}: run {r + 1}/{args.repeats} (load {load1():.2f})", file=sys.stderr)
+    results: dict = {"ours": {}, "d2l": {}, "ours_1_thread": {}, "matmul": [run_json(matmul, env)]}
+    with contention(args.contend):
+        for name in args.only or list(jobs):
+            ours_cmd, d2l_cmds = jobs[name]
             order = [("ours", ours_cmd)] + [("d2l", c) for c in d2l_cmds]
-            for side, cmd in order if r % 2 == 0 else order[::-1]:
-                (mine if side == "ours" else theirs).append(run_json(cmd, env))
-            if name == "pretrain":
-                results["matmul"].append(run_json(matmul, env))
-        results["ours"][name], results["d2l"][name] = mine, theirs
+            if args.contend and name in ("pretrain", "finetune"):
+                order.append(("ours_1_thread", [*ours_cmd, "--threads", "1"]))
+            runs: dict[str, list] = {side: [] for side, _ in order}
+            for r in range(args.repeats):
+                print(f"{name}: run {r + 1}/{args.repeats} (load {load1():.2f})", file=sys.stderr)
+                for side, cmd in order if r % 2 == 0 else order[::-1]:
+                    runs[side].append(run_json(cmd, env))
+                if name == "pretrain" and not args.contend:
+                    results["matmul"].append(run_json(matmul, env))
+            for side, found in runs.items():
+                results[side][name] = found
     return results
 
 
-def table(results: dict) -> tuple[list[dict], dict]:
-    """Rows (figure, ours, d2l, ratio, target, met) after checking both sides' work."""
-    ours, d2l, rows = results["ours"], results["d2l"], []
+def table(results: dict, contended: bool) -> tuple[list[dict], dict]:
+    """Rows (figure, ours, d2l, ratio, target, met) after checking both sides' work.
+
+    Contended, the training targets are 1.5x d2l and at least ours at one thread, and there is
+    no MFU row (the matmul peak is the quiet machine's)."""
+    ours, d2l, one, rows = results["ours"], results["d2l"], results["ours_1_thread"], []
 
     def row(figure: str, mine: float, theirs: float | None, ratio: float, target: str, met: bool,
             ours_rss: float | None = None, d2l_rss: float | None = None) -> None:  # fmt: skip
@@ -188,19 +215,31 @@ def table(results: dict) -> tuple[list[dict], dict]:
         row("pretraining step: sentence pairs/s", o["pairs_per_sec"], d["pairs_per_sec"], r,
             ">= 1.5x", r >= 1.5, o["peak_rss_mb"], d["peak_rss_mb"])  # fmt: skip
         peak = max(m["flops_per_sec"] for m in results["matmul"])
-        mfu = o["useful_flops_per_sec"] / peak
-        # d2l's useful FLOPs per pair are ours (same model, same examples, same statistics)
-        d2l_mfu = mfu * d["pairs_per_sec"] / o["pairs_per_sec"]
-        row("pretraining MFU: useful FLOP/s / fp32 matmul FLOP/s (d2l's: estimate)", round(mfu, 3),
-            round(d2l_mfu, 3), mfu / d2l_mfu, ">= 50%", mfu >= 0.5)  # fmt: skip
         checks["matmul_flops_per_sec"] = peak
+        if "pretrain" in one:
+            t = best(one["pretrain"], "pairs_per_sec", True)
+            r = o["pairs_per_sec"] / t["pairs_per_sec"]
+            row("pretraining step against ours at --threads 1: sentence pairs/s",
+                o["pairs_per_sec"], t["pairs_per_sec"], r, ">= 1x", r >= 1)  # fmt: skip
+        if not contended:  # MFU: against the quiet machine's own matmul peak
+            mfu = o["useful_flops_per_sec"] / peak
+            # d2l's useful FLOPs per pair are ours (same model, same examples, same statistics)
+            d2l_mfu = mfu * d["pairs_per_sec"] / o["pairs_per_sec"]
+            row("pretraining MFU: useful FLOP/s / fp32 matmul FLOP/s (d2l's: estimate)",
+                round(mfu, 3), round(d2l_mfu, 3), mfu / d2l_mfu, ">= 50%", mfu >= 0.5)  # fmt: skip
     if "finetune" in ours:
         o = best(ours["finetune"], "examples_per_sec", True)
         d = best(d2l["finetune"], "examples_per_sec", True)
         same_steps("fine-tuning", ours["finetune"], d2l["finetune"])
         r = o["examples_per_sec"] / d["examples_per_sec"]
+        target = 1.5 if contended else 6
         row("fine-tuning step: examples/s", o["examples_per_sec"], d["examples_per_sec"], r,
-            ">= 6x", r >= 6, o["peak_rss_mb"], d["peak_rss_mb"])  # fmt: skip
+            f">= {target}x", r >= target, o["peak_rss_mb"], d["peak_rss_mb"])  # fmt: skip
+        if "finetune" in one:
+            t = best(one["finetune"], "examples_per_sec", True)
+            r = o["examples_per_sec"] / t["examples_per_sec"]
+            row("fine-tuning step against ours at --threads 1: examples/s",
+                o["examples_per_sec"], t["examples_per_sec"], r, ">= 1x", r >= 1)  # fmt: skip
     return rows, checks
 
 
@@ -250,6 +289,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=["examples", "snli", "pretrain", "finetune"])
     parser.add_argument("--quiet", type=float, default=0.7, help="load average to wait for")
     parser.add_argument("--wait-max", type=float, default=600, help="seconds to wait at most")
+    parser.add_argument(
+        "--contend",
+        type=int,
+        default=0,
+        metavar="N",
+        help="busy processes running through every measurement (default 0)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
     args.d2l = args.d2l or args.shared.resolve().parent / "bench" / "d2l_reference.py"
@@ -257,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bertpipe-bench-") as tmp:
         wiki, snli = prepare_data(args, Path(tmp))
         results = measure(args, wiki, snli, Path(tmp))
-    rows, checks = table(results)
+    rows, checks = table(results, args.contend > 0)
     info = machine(args.threads, (results["matmul"] or [{}])[0]) | {
         "load_start": load_start,
         "load_end": load1(),
@@ -265,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         "snli": str(args.snli_file or f"dev rows cycled to {args.snli_pairs}"),
         "steps": args.steps,
         "repeats": args.repeats,
+        "contend": args.contend,
+        "matmul_flops_per_sec": max(m["flops_per_sec"] for m in results["matmul"]),
     }
     print(json.dumps(info))
     print(json.dumps(checks))

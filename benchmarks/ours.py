@@ -7,7 +7,7 @@ measurement, so `peak_rss_mb` is this side's alone.
   ours.py vocab    --wiki FILE --out vocab.json          (untimed set-up for `snli`)
   ours.py examples --wiki FILE                           tokenize_wikitext + make_examples
   ours.py snli     --snli-file FILE --vocab vocab.json   make_snli's work on one split
-  ours.py pretrain --wiki FILE [--steps 5]               pretrain's step (pretrain.pretrain)
+  ours.py pretrain --wiki FILE [--steps 5] [--threads auto]     pretrain's step (pretrain.pretrain)
   ours.py finetune --snli-file FILE --wiki FILE [--steps 5]   finetune's step
   ours.py matmul                                         fp32 matmul FLOP/s (the MFU yardstick)
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertpipe import artifacts, config, make_examples, snli, wikitext
+from bertpipe import config, make_examples, snli, wikitext
 from bertpipe.vocab import Vocab
 
 # torch (and the modules that import it) is imported only by the training commands, as only
@@ -62,22 +62,12 @@ def examples(path: Path, workers: int = WORKERS) -> tuple[dict[str, np.ndarray],
     return make_examples.make_examples(corpus, vocab, EXAMPLES), vocab, corpus.num_tokens
 
 
-def encoder_for(vocab: Vocab, max_len: int = SNLI_MAX_LEN) -> snli.PairEncoder:
-    """The make_snli stage's encoder for `vocab`."""
-    return snli.PairEncoder(
-        token_to_id={t: i for i, t in enumerate(vocab.tokens)},
-        max_len=max_len,
-        dtype=artifacts.id_dtype(len(vocab)),
-        unk_id=vocab["<unk>"],
-        cls_id=vocab["<cls>"],
-        sep_id=vocab["<sep>"],
-    )
-
-
 def snli_arrays(path: Path, vocab: Vocab, workers: int) -> dict[str, np.ndarray]:
     """make_snli's arrays for one split file."""
     pairs = snli.read_snli(path)
-    encoded = snli.encode_pairs(encoder_for(vocab), pairs.premises, pairs.hypotheses, workers)
+    encoded = snli.encode_pairs(
+        snli.PairEncoder.of(vocab, SNLI_MAX_LEN), pairs.premises, pairs.hypotheses, workers
+    )
     return {**encoded.arrays(), "labels": pairs.labels}
 
 
@@ -153,10 +143,11 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
     )
     timed = np.concatenate(plan[1:])  # the first step is not timed
     flops = useful_flops(ex["valid_lens"][timed], ex["mlm_weights"][timed], len(vocab))
-    with runtime.runtime("cpu", args.workers, args.compile, distributed=False) as rt:
+    with runtime.runtime("cpu", args.workers, args.compile, False, args.threads) as rt:
         torch.manual_seed(args.seed)
         model = BERTModel(len(vocab), MODEL)
         metrics = pretrain(model, ex, cfg, rt)
+        threads = rt.threads
     return {
         "what": "ours pretrain",
         "steps": args.steps,
@@ -164,7 +155,9 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
         "pairs_per_sec": metrics["pairs_per_sec"],
         "useful_flops_per_sec": round(flops / metrics["train_seconds"], 1),
         "train_seconds": metrics["train_seconds"],
-        "threads": torch.get_num_threads(),
+        "threads": threads.most,
+        "threads_setting": args.threads,
+        "threads_mean": threads.knobs()["threads_mean"],
         "compile": rt.compile,
         "mean_valid_len": round(float(ex["valid_lens"][timed].mean()), 2),
         "last_mlm_loss": metrics["mlm_loss_last"],
@@ -190,7 +183,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     # the first steps of finetune's first epoch: length-bucketed, bucket order shuffled
     gen = torch.Generator().manual_seed(args.seed)
     plan = batches.length_buckets(lengths, args.batch_size, gen)[: args.steps + 1]
-    with runtime.runtime("cpu", args.workers, args.compile, distributed=False) as rt:
+    with runtime.runtime("cpu", args.workers, args.compile, False, args.threads) as rt:
         torch.manual_seed(args.seed)
         model = BERTClassifier(BERTModel(len(vocab), MODEL), num_classes=3)
         model.train()
@@ -204,7 +197,9 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "examples_per_sec": speed.rate(),
-        "threads": torch.get_num_threads(),
+        "threads": rt.threads.most,
+        "threads_setting": args.threads,
+        "threads_mean": rt.threads.knobs()["threads_mean"],
         "compile": rt.compile,
         "padding_share": round(1 - timed.sum() / padded, 3),
         "last_loss": round(float(stats[-1, 0]), 3),
@@ -261,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--workers", type=int, default=0, help="data-loading workers")
         p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+        p.add_argument("--threads", default="auto", help="as the stages' --threads")
     p = sub.add_parser("matmul")
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=10)
