@@ -62,7 +62,15 @@ def key_mask(valid_lens: Tensor, num_steps: int) -> tuple[Tensor, Tensor]:
 
 
 def dropout(X: Tensor, p: float, training: bool) -> Tensor:
-    """`F.dropout`; on CPU with a mask from 16 random bits per element, 4 to a 64-bit draw.
+    """`F.dropout`; on CPU with a mask from 16 random bits per element (`dropout_scale`)."""
+    if not training or not 0.0 < p < 1.0 or X.device.type != "cpu":
+        return F.dropout(X, p, training)
+    return X * dropout_scale(X, p)
+
+
+@torch.no_grad()
+def dropout_scale(X: Tensor, p: float) -> Tensor:
+    """A CPU dropout mask for X: 0 where dropped, else 1 / keep rate; 4 elements per 64-bit draw.
 
     PyTorch's CPU generator makes random numbers one by one on one thread; `F.dropout`'s
     Bernoulli sampler and `torch.rand` take one draw per element. A quarter of the draws made
@@ -70,15 +78,11 @@ def dropout(X: Tensor, p: float, training: bool) -> Tensor:
     An element is dropped with probability round(65536 p) / 65536 (0.199997 for 0.2) and the
     kept ones scaled by the inverse of the keep rate, so the mean stays exactly X's.
     """
-    if not training or not 0.0 < p < 1.0 or X.device.type != "cpu":
-        return F.dropout(X, p, training)
-    with torch.no_grad():
-        dropped = round(p * 65536)  # of every 65536 values of a 16-bit lane
-        bits = torch.empty((X.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-        lanes = bits.view(torch.int16)[: X.numel()].view(X.shape)  # uniform in [-32768, 32767]
-        keep = lanes >= dropped - 32768
-        scale = keep.to(X.dtype).mul_(65536 / (65536 - dropped))  # 0 or 1 / keep rate
-    return X * scale
+    dropped = round(p * 65536)  # of every 65536 values of a 16-bit lane
+    bits = torch.empty((X.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    lanes = bits.view(torch.int16)[: X.numel()].view(X.shape)  # uniform in [-32768, 32767]
+    keep = lanes >= dropped - 32768
+    return keep.to(X.dtype).mul_(65536 / (65536 - dropped))  # 0 or 1 / keep rate
 
 
 class Dropout(nn.Dropout):
@@ -210,6 +214,58 @@ class Packing:
         return out
 
 
+class _PackedAttention(torch.autograd.Function):
+    """Attention over the groups of a packed batch (CPU training), with its own backward.
+
+    `padded` (3 * nh * Σ examples * steps, d) holds q, k, v of every group, one group after the
+    other, each laid out (3, nh * examples, steps, d). Each group's output is written straight
+    into one (nh * Σ examples * steps, d) tensor, and in backward each group's q, k and v
+    gradients straight into one tensor shaped like `padded`: autograd through per-group views
+    would concatenate and stack them instead (24 ms of 142 per layer at d2l's shapes). The
+    dropout masks are drawn as `_attend` draws them: with dropout on, the results are its bits.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, padded: Tensor, groups: tuple, masks: list[Tensor], nh: int,
+                p: float) -> Tensor:  # fmt: skip
+        d = padded.shape[1]
+        out = padded.new_empty(nh * sum(e * s for e, s in groups), d)
+        saved, at, to = [], 0, 0
+        for (e, s), mask in zip(groups, masks, strict=True):
+            n = nh * e * s
+            q, k, v = padded[at : at + 3 * n].view(3, nh * e, s, d)
+            scores = torch.bmm(q, k.transpose(1, 2)).mul_(d**-0.5)  # (nh * e, s, s)
+            scores.view(nh, e, s, s).masked_fill_(~mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            keep = dropout_scale(weights, p) if p > 0 else torch.ones(())
+            torch.bmm(weights * keep, v, out=out[to : to + n].view(nh * e, s, d))
+            saved += [weights, keep]
+            at, to = at + 3 * n, to + n
+        ctx.save_for_backward(padded, *saved)
+        ctx.groups, ctx.nh = groups, nh
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple:
+        padded, *saved = ctx.saved_tensors
+        nh, d = ctx.nh, padded.shape[1]
+        grad = torch.empty_like(padded)
+        at, to = 0, 0
+        for (e, s), weights, keep in zip(ctx.groups, saved[0::2], saved[1::2], strict=True):
+            n = nh * e * s
+            q, k, v = padded[at : at + 3 * n].view(3, nh * e, s, d)
+            grad_q, grad_k, grad_v = grad[at : at + 3 * n].view(3, nh * e, s, d)
+            g = grad_out[to : to + n].view(nh * e, s, d)
+            torch.bmm((weights * keep).transpose(1, 2), g, out=grad_v)
+            wg = torch.bmm(g, v.transpose(1, 2)).mul_(keep).mul_(weights)  # (nh * e, s, s)
+            # softmax backward, w·(g − Σ w·g), in a fixed order (as `softmax`), then the scale
+            scores = wg.addcmul_(weights, wg.sum(dim=-1, keepdim=True), value=-1.0).mul_(d**-0.5)
+            torch.bmm(scores, k, out=grad_q)
+            torch.bmm(scores.transpose(1, 2), q, out=grad_k)
+            at, to = at + 3 * n, to + n
+        return grad, None, None, None, None
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention; head h uses features h*d:(h+1)*d of each projection (d = H / heads)."""
 
@@ -247,14 +303,20 @@ class MultiHeadAttention(nn.Module):
         bias = torch.cat([self.W_q.bias, self.W_k.bias, self.W_v.bias])
         qkv = F.linear(X, weight, bias).view(N * 3 * nh, d)  # rows: (position, part)
         sizes = [examples * steps for examples, steps in packing.groups]
+        # zeros: padding rows of v meet weights of 0, and 0 * garbage could be NaN
         padded = qkv.new_zeros(3 * nh * sum(sizes), d).index_copy(0, packing.index(3 * nh), qkv)
-        outs = []
-        for (examples, steps), mask, part in zip(
-            packing.groups, masks, padded.split([3 * nh * n for n in sizes]), strict=True
-        ):
-            q, k, v = part.view(3, nh, examples, steps, d)  # (nh, examples, T, d) each
-            outs.append(self._attend(q, k, v, mask).reshape(nh * examples * steps, d))
-        out = torch.cat(outs).index_select(0, packing.index(nh))  # (N * nh, d)
+        if X.device.type == "cpu" and torch.is_grad_enabled():
+            p = self.dropout if self.training else 0.0
+            out = _PackedAttention.apply(padded, packing.groups, masks, nh, p)
+        else:  # SDPA's fused kernels (CUDA), or inference
+            outs = []
+            for (examples, steps), mask, part in zip(
+                packing.groups, masks, padded.split([3 * nh * n for n in sizes]), strict=True
+            ):
+                q, k, v = part.view(3, nh, examples, steps, d)  # (nh, examples, T, d) each
+                outs.append(self._attend(q, k, v, mask).reshape(nh * examples * steps, d))
+            out = torch.cat(outs)  # (nh * Σ examples * steps, d)
+        out = out.index_select(0, packing.index(nh))  # (N * nh, d)
         return self.W_o(out.view(N, H))
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
