@@ -30,7 +30,7 @@ from bertpipe.runtime import CPU
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY = 2  # --checkpoint-every
-WALL_CLOCK = {"pairs_per_sec", "examples_per_sec", "train_seconds"}  # differ between any two runs
+WALL_CLOCK = {"pairs_per_sec", "examples_per_sec", "train_seconds", "threads_mean"}  # speed: differ
 SAVED = re.compile(r"saved a resume checkpoint at step (\d+)")
 RESUMED = re.compile(r"resuming from step (\d+)")
 D2L_OPTIMISER = {"warmup_fraction": 0.0, "lr_schedule": "constant", "weight_decay": 0.0,
