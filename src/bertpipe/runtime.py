@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ def _busy_seconds(cpus: set[int]) -> float | None:
     """CPU seconds the kernel has counted as busy (not idle or waiting on I/O) on `cpus`, by
     every process together, since boot; None where /proc/stat is not there to tell."""
     try:
-        lines = open("/proc/stat").read().splitlines()  # noqa: SIM115 (tiny, read at once)
+        lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
         return None
     ticks = 0
