@@ -21,11 +21,12 @@ find each position's keys. Outputs at real positions are those of the padded for
 padding is never a key. On CPU, dropout draws 16 random bits per element (`dropout`), a quarter
 of the random numbers PyTorch's sampler draws there.
 
-Same numbers at any thread count: on CPU, training's results do not depend on how many threads
-run it (so the thread count can follow the cores that are free, see runtime.Threads). Two of
-PyTorch's CPU kernels sum in an order that does: LayerNorm's weight and bias gradients (one
-partial sum per thread) and the softmax backward. `LayerNorm` and `softmax` below compute those
-with reductions whose order is fixed.
+Same numbers at 1 and 2 threads: on CPU, training's results do not depend on whether one or
+two threads run it (so the thread count can follow the cores that are free, see
+runtime.Threads). Two of PyTorch's CPU kernels sum in an order that does: LayerNorm's weight and
+bias gradients (one partial sum per thread) and the softmax backward. `LayerNorm` and `softmax`
+below compute those with reductions whose order is fixed. (At 3 or more threads MKL's matmuls
+round differently.)
 """
 
 from __future__ import annotations
@@ -123,8 +124,16 @@ class LayerNorm(nn.LayerNorm):
         return _LayerNormFunction.apply(X, self.weight, self.bias, self.eps)
 
 
+def _softmax_backward(wg: Tensor, weights: Tensor) -> Tensor:
+    """The softmax's input gradient w·(g − Σ w·g) from wg = w·g (..., T), in place in wg.
+
+    The row sums run along the last dim, one row per output, so their order does not depend on
+    the thread count (PyTorch's CPU softmax backward's does)."""
+    return wg.addcmul_(weights, wg.sum(dim=-1, keepdim=True), value=-1.0)
+
+
 class _SoftmaxFunction(torch.autograd.Function):
-    """softmax over the last dim; backward w·(g − Σ w·g) row by row, in a fixed order."""
+    """softmax over the last dim, with `_softmax_backward`."""
 
     @staticmethod
     def forward(ctx: Any, scores: Tensor) -> Tensor:
@@ -135,8 +144,7 @@ class _SoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (weights,) = ctx.saved_tensors
-        wg = grad * weights  # (..., T)
-        return wg.addcmul_(weights, wg.sum(dim=-1, keepdim=True), value=-1.0)
+        return _softmax_backward(grad * weights, weights)
 
 
 def softmax(scores: Tensor) -> Tensor:
@@ -258,8 +266,7 @@ class _PackedAttention(torch.autograd.Function):
             g = grad_out[to : to + n].view(nh * e, s, d)
             torch.bmm((weights * keep).transpose(1, 2), g, out=grad_v)
             wg = torch.bmm(g, v.transpose(1, 2)).mul_(keep).mul_(weights)  # (nh * e, s, s)
-            # softmax backward, w·(g − Σ w·g), in a fixed order (as `softmax`), then the scale
-            scores = wg.addcmul_(weights, wg.sum(dim=-1, keepdim=True), value=-1.0).mul_(d**-0.5)
+            scores = _softmax_backward(wg, weights).mul_(d**-0.5)
             torch.bmm(scores, k, out=grad_q)
             torch.bmm(scores.transpose(1, 2), q, out=grad_k)
             at, to = at + 3 * n, to + n

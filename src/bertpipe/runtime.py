@@ -85,9 +85,9 @@ class Threads:
         """Between steps: (auto) follow the free cores; count the threads this step uses."""
         if self.auto and self.steps == 0:  # the first step too runs on a count chosen from load
             time.sleep(max(0.0, self.WINDOW - (time.monotonic() - self._since[0])))
-        now = self._sample()
-        wall = now[0] - self._since[0]
-        if self.auto and wall >= self.WINDOW:
+        if self.auto and time.monotonic() - self._since[0] >= self.WINDOW:
+            now = self._sample()
+            wall = now[0] - self._since[0]
             others = ((now[1] - self._since[1]) - (now[2] - self._since[2])) / wall  # cores
             count = 2 if len(self.cpus) - others >= 1.5 else 1
             if count != torch.get_num_threads():
@@ -148,9 +148,10 @@ def add_speed_args(parser: Any, training: bool = True) -> None:
     parser.add_argument(
         "--threads",
         default=env("BERTPIPE_THREADS", "auto"),
-        help="CPU threads: a count, or auto = the cores other processes leave free, re-read "
-        "between steps, at most $OMP_NUM_THREADS or the usable cores; results are the same "
-        "at any count (default: $BERTPIPE_THREADS or auto)",
+        help="CPU threads: a count, or auto = with 2 threads to use ($OMP_NUM_THREADS or the "
+        "usable cores), 1 while other processes keep a core busy and 2 otherwise, re-read "
+        "between steps (with more, their count); results are the same at 1 and 2 threads "
+        "(default: $BERTPIPE_THREADS or auto)",
     )
     parser.add_argument(
         "--workers",
