@@ -7,8 +7,10 @@ measurement, so `peak_rss_mb` is this side's alone.
   ours.py vocab    --wiki FILE --out vocab.json          (untimed set-up for `snli`)
   ours.py examples --wiki FILE                           tokenize_wikitext + make_examples
   ours.py snli     --snli-file FILE --vocab vocab.json   make_snli's work on one split
-  ours.py pretrain --wiki FILE [--steps 5] [--threads auto]     pretrain's step (pretrain.pretrain)
+  ours.py pretrain --wiki FILE [--steps 5]               pretrain's step (pretrain.pretrain)
   ours.py finetune --snli-file FILE --wiki FILE [--steps 5]   finetune's step
+
+  (both also take --threads, as the stages do: auto by default)
   ours.py matmul                                         fp32 matmul FLOP/s (the MFU yardstick)
 
 Model and optimiser settings are d2l's (params.yaml defaults): 2 blocks, 128 hidden, 2 heads,
@@ -25,6 +27,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -124,6 +127,13 @@ def useful_flops(valid_lens: np.ndarray, slots: np.ndarray, vocab_size: int) -> 
     return 3.0 * forward
 
 
+def thread_figures(rt: Any) -> dict:
+    """threads: the most used (compare_d2l holds it equal to d2l's), the setting, the mean."""
+    knobs = rt.threads.knobs()  # threads (auto or the count) and threads_mean
+    return {"threads": rt.threads.most, "threads_setting": knobs["threads"],
+            "threads_mean": knobs["threads_mean"]}  # fmt: skip
+
+
 def cmd_pretrain(args: argparse.Namespace) -> dict:
     import torch
 
@@ -147,7 +157,6 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
         torch.manual_seed(args.seed)
         model = BERTModel(len(vocab), MODEL)
         metrics = pretrain(model, ex, cfg, rt)
-        threads = rt.threads
     return {
         "what": "ours pretrain",
         "steps": args.steps,
@@ -155,9 +164,7 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
         "pairs_per_sec": metrics["pairs_per_sec"],
         "useful_flops_per_sec": round(flops / metrics["train_seconds"], 1),
         "train_seconds": metrics["train_seconds"],
-        "threads": threads.most,
-        "threads_setting": args.threads,
-        "threads_mean": threads.knobs()["threads_mean"],
+        **thread_figures(rt),
         "compile": rt.compile,
         "mean_valid_len": round(float(ex["valid_lens"][timed].mean()), 2),
         "last_mlm_loss": metrics["mlm_loss_last"],
@@ -197,9 +204,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "examples_per_sec": speed.rate(),
-        "threads": rt.threads.most,
-        "threads_setting": args.threads,
-        "threads_mean": rt.threads.knobs()["threads_mean"],
+        **thread_figures(rt),
         "compile": rt.compile,
         "padding_share": round(1 - timed.sum() / padded, 3),
         "last_loss": round(float(stats[-1, 0]), 3),
