@@ -8,7 +8,7 @@ an uninterrupted one.
 
 The checkpoints live beside the stage's output (`data/.pretrain.resume/` for `data/pretrain`),
 where DVC, which deletes a stage's outputs before running it, leaves them alone. Each holds the
-*fingerprint* of the run: the params, the thread count and torch version, the inputs' bytes
+*fingerprint* of the run: the params, the torch version, the inputs' bytes
 (the stage script among them) and the package's code. A checkpoint
 with another fingerprint is never resumed (it is deleted). The stage removes the folder once
 its outputs are written. Files are written atomically (a kill mid-save keeps the previous one)
