@@ -16,7 +16,8 @@ import numpy as np
 
 from bertpipe import artifacts, config, metrics, snli
 from bertpipe.baseline import bow_baseline
-from bertpipe.cli import UserError, run, stage_parser
+from bertpipe.cli import run, stage_parser
+from bertpipe.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ import logging
 import shutil
 
 from bertpipe import artifacts, checkpoints, config, d2l_bert, download
-from bertpipe.cli import UserError, run, stage_parser
+from bertpipe.cli import run, stage_parser
+from bertpipe.errors import UserError
 from bertpipe.model import num_parameters
 
 log = logging.getLogger(__name__)

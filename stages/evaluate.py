@@ -15,7 +15,8 @@ import logging
 import numpy as np
 
 from bertpipe import artifacts, batches, checkpoints, config, metrics, runtime
-from bertpipe.cli import UserError, run, stage_parser
+from bertpipe.cli import run, stage_parser
+from bertpipe.errors import UserError
 from bertpipe.evaluate import predict
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 
 from bertpipe import artifacts, config, make_examples, wikitext
-from bertpipe.cli import UserError, run, stage_parser
+from bertpipe.cli import run, stage_parser
+from bertpipe.errors import UserError
 from bertpipe.vocab import Vocab
 
 log = logging.getLogger(__name__)

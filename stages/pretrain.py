@@ -19,7 +19,8 @@ import shutil
 import torch
 
 from bertpipe import artifacts, batches, checkpoints, config, curves, runtime
-from bertpipe.cli import UserError, run, stage_parser
+from bertpipe.cli import run, stage_parser
+from bertpipe.errors import UserError
 from bertpipe.model import BERTModel, num_parameters
 from bertpipe.pretrain import pretrain
 from bertpipe.resume import Resume, fingerprint

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bertpipe import artifacts, synthetic
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bertpipe import artifacts, checkpoints
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 
 
 def test_checkpoint_checks_name_the_problem(tmp_path, fake):

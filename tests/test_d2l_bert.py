@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import yaml
 
 from bertpipe import artifacts, checkpoints, config
-from bertpipe.cli import UserError
 from bertpipe.config import ModelConfig
+from bertpipe.errors import UserError
 from bertpipe.model import BERTModel
 from bertpipe.vocab import SPECIALS, Vocab
 

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from bertpipe import download
-from bertpipe.cli import UserError
 from bertpipe.config import DownloadConfig
 from bertpipe.download import ArchiveLimits, HttpPolicy
+from bertpipe.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = HttpPolicy(attempts=3, backoff_s=0.01, connect_timeout_s=2.0, read_timeout_s=5.0)

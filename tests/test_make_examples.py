@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from bertpipe import make_examples
-from bertpipe.cli import UserError
 from bertpipe.config import MakeExamplesConfig
+from bertpipe.errors import UserError
 from bertpipe.vocab import SPECIALS, Vocab
 from bertpipe.wikitext import Corpus
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertpipe.cli import UserError
 from bertpipe.config import ModelConfig
+from bertpipe.errors import UserError
 from bertpipe.model import (
     BERTClassifier,
     BERTModel,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bertpipe import runtime
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 
 
 def test_a_fixed_count_is_set_and_recorded():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bertpipe import artifacts, snli
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 
 HEADER = ["gold_label", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse"]
 HEADER += ["sentence2_parse", "sentence1", "sentence2", "captionID", "pairID"]

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from bertpipe import artifacts, batches, checkpoints, config, finetune, pretrain, runtime
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 D2L_OPTIMISER = {"warmup_fraction": 0.0, "lr_schedule": "constant", "weight_decay": 0.0,

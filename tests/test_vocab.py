@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 from bertpipe.vocab import SPECIALS, Vocab
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bertpipe import wikitext
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 from bertpipe.vocab import SPECIALS, Vocab
 
 # Lines as WikiText writes them: a leading space, " @-@ " joins, headings, blank lines.

@@ -18,7 +18,8 @@ import argparse
 import sys
 
 from bertpipe import evaluate, runtime, use
-from bertpipe.cli import UserError, run
+from bertpipe.cli import run
+from bertpipe.errors import UserError
 
 
 def parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 
 
 def id_dtype(vocab_size: int) -> np.dtype:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from bertpipe import artifacts
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 from bertpipe.model import Packing
 from bertpipe.runtime import Runtime
 

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from bertpipe import artifacts, config
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 from bertpipe.model import BERTClassifier, BERTModel
 
 BERT_KEYS = ("kind", "model", "vocab_size", "vocab_sha1")

@@ -1,4 +1,4 @@
-"""What every stage script shares: logging set-up and one-line errors for bad input."""
+"""The command line every stage script shares: its parser, logging, and `UserError` as one line."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-
-class UserError(Exception):
-    """Bad input or a bad environment: the message says what is wrong and how to fix it."""
+from bertpipe.errors import UserError
 
 
 def stage_parser(doc: str | None) -> argparse.ArgumentParser:

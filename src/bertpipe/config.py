@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 
 
 class ParamsError(UserError):

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bertpipe.cli import UserError
 from bertpipe.config import D2lBertConfig, ModelConfig
+from bertpipe.errors import UserError
 from bertpipe.model import BERTModel
 from bertpipe.vocab import Vocab
 

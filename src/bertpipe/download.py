@@ -36,8 +36,8 @@ import urllib3
 from tqdm import tqdm
 
 from bertpipe import __version__, artifacts
-from bertpipe.cli import UserError
 from bertpipe.config import DownloadConfig
+from bertpipe.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from bertpipe import artifacts
-from bertpipe.cli import UserError
 from bertpipe.config import MakeExamplesConfig
+from bertpipe.errors import UserError
 from bertpipe.vocab import Vocab
 from bertpipe.wikitext import Corpus
 

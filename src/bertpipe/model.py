@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertpipe.cli import UserError
 from bertpipe.config import ModelConfig
+from bertpipe.errors import UserError
 
 
 def key_mask(valid_lens: Tensor, num_steps: int) -> tuple[Tensor, Tensor]:

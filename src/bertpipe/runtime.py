@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 
 log = logging.getLogger(__name__)
 

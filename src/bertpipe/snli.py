@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from bertpipe import artifacts
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 from bertpipe.vocab import Vocab
 
 log = logging.getLogger(__name__)

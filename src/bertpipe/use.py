@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from bertpipe import artifacts, checkpoints, snli
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 from bertpipe.model import BERTClassifier, BERTModel
 from bertpipe.vocab import Vocab
 

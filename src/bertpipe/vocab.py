@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bertpipe import artifacts
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 
 SPECIALS = ("<unk>", "<pad>", "<mask>", "<cls>", "<sep>")  # `build` puts them at ids 0-4
 REBUILD = "rerun the tokenize_wikitext stage (dvc repro tokenize_wikitext)"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bertpipe import artifacts
-from bertpipe.cli import UserError
+from bertpipe.errors import UserError
 from bertpipe.vocab import SPECIALS, Vocab
 
 SENTENCE_END = " . "
