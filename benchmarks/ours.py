@@ -10,7 +10,8 @@ measurement, so `peak_rss_mb` is this side's alone.
   ours.py pretrain --wiki FILE [--steps 5]               pretrain's step (pretrain.pretrain)
   ours.py finetune --snli-file FILE --wiki FILE [--steps 5]   finetune's step
 
-  (both also take --threads, as the stages do: auto by default)
+  (both also take --threads, as the stages do: auto by default, and --controls: the README's
+   warm-up 0.1, linear decay, weight decay 0.01 and clipping at 1; both print `weights_sha1`)
   ours.py matmul                                         fp32 matmul FLOP/s (the MFU yardstick)
 
 Model and optimiser settings are d2l's (params.yaml defaults): 2 blocks, 128 hidden, 2 heads,
@@ -20,6 +21,7 @@ FFN 256, dropout 0.2, max_len 64 / 128, batch 512, Adam lr 0.01 / 1e-4.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -127,6 +129,23 @@ def useful_flops(valid_lens: np.ndarray, slots: np.ndarray, vocab_size: int) -> 
     return 3.0 * forward
 
 
+# the README's training controls, which `--controls` turns on (d2l's plain Adam otherwise)
+CONTROLS = {"warmup_fraction": 0.1, "lr_schedule": "linear", "weight_decay": 0.01,
+            "grad_clip": 1.0}  # fmt: skip
+
+
+def optimiser(args: argparse.Namespace) -> dict:
+    return CONTROLS if args.controls else {}
+
+
+def weights_sha1(model: Any) -> str:
+    """SHA-1 of every parameter's bytes, in state-dict order: equal only if bit-identical."""
+    digest = hashlib.sha1()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def thread_figures(rt: Any) -> dict:
     """threads: the most used (compare_d2l holds it equal to d2l's), the setting, the mean."""
     knobs = rt.threads.knobs()  # threads (auto or the count) and threads_mean
@@ -143,7 +162,7 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
 
     ex, vocab, _ = examples(args.wiki)
     cfg = config.PretrainConfig(batch_size=args.batch_size, lr=0.01, num_steps=args.steps + 1,
-                                seed=args.seed)  # fmt: skip
+                                seed=args.seed, **optimiser(args))  # fmt: skip
     # pretrain() draws its plan from this seeded generator first: the same batches
     plan = batches.pretraining_plan(
         len(ex["nsp_labels"]),
@@ -169,6 +188,7 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
         "mean_valid_len": round(float(ex["valid_lens"][timed].mean()), 2),
         "last_mlm_loss": metrics["mlm_loss_last"],
         "last_nsp_loss": metrics["nsp_loss_last"],
+        "weights_sha1": weights_sha1(model),
         "examples": len(ex["nsp_labels"]),
         "vocab_size": len(vocab),
         "peak_rss_mb": peak_rss_mb(),
@@ -185,7 +205,9 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
 
     _, vocab = tokenize(args.wiki)
     data = snli_arrays(args.snli_file, vocab, 1)
-    cfg = config.FinetuneConfig(batch_size=args.batch_size, lr=1e-4, num_epochs=1, seed=args.seed)
+    cfg = config.FinetuneConfig(
+        batch_size=args.batch_size, lr=1e-4, num_epochs=1, seed=args.seed, **optimiser(args)
+    )
     lengths = batches.snli_lengths(data)
     # the first steps of finetune's first epoch: length-bucketed, bucket order shuffled
     gen = torch.Generator().manual_seed(args.seed)
@@ -208,6 +230,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
         "compile": rt.compile,
         "padding_share": round(1 - timed.sum() / padded, 3),
         "last_loss": round(float(stats[-1, 0]), 3),
+        "weights_sha1": weights_sha1(model),
         "pairs": len(data["labels"]),
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -262,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--workers", type=int, default=0, help="data-loading workers")
         p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
         p.add_argument("--threads", default="auto", help="as the stages' --threads")
+        p.add_argument("--controls", action="store_true", help="warm-up, linear decay, AdamW, clip")
     p = sub.add_parser("matmul")
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=10)
