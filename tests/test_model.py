@@ -13,15 +13,8 @@ import torch.nn.functional as F
 
 from bertpipe.config import ModelConfig
 from bertpipe.errors import UserError
-from bertpipe.model import (
-    BERTClassifier,
-    BERTModel,
-    MultiHeadAttention,
-    Packing,
-    dropout,
-    key_mask,
-    num_parameters,
-)
+from bertpipe.kernels import Packing, dropout, key_mask
+from bertpipe.model import BERTClassifier, BERTModel, MultiHeadAttention, num_parameters
 
 V, H, FFN, HEADS, BLKS, MAX_POS = 37, 12, 20, 3, 2, 50
 
@@ -175,21 +168,6 @@ def test_packed_encoder_equals_the_padded_one_at_real_positions(num_groups):
     torch.testing.assert_close(ours, padded, atol=1e-5, rtol=1e-5)
     for name, grad in grads.items():
         torch.testing.assert_close(our_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
-
-
-def test_packing_layout():
-    packing = Packing.of(np.array([2, 3, 1]), num_groups=2)
-    assert packing.groups == ((2, 3), (1, 1))  # (examples, steps) per group
-    assert packing.positions.tolist() == [0, 1, 0, 1, 2, 0]
-    assert packing.slots.tolist() == [0, 1, 3, 4, 5, 0]  # rows in (examples, steps) layouts
-    assert packing.group_starts.tolist() == [0, 0, 0, 0, 0, 6]  # group 2's layout after 2 x 3
-    # two feature blocks per row: group 1's layout twice (12 rows), then group 2's twice
-    assert packing.index(2).tolist() == [0, 6, 1, 7, 3, 9, 4, 10, 5, 11, 12, 13]
-    assert [m.shape for m in packing.masks()] == [(1, 2, 1, 3), (1, 1, 1, 1)]
-    moved = packing.to("cpu")
-    assert moved.groups == packing.groups and torch.equal(moved.slots, packing.slots)
-    with pytest.raises(ValueError, match="at least one position"):
-        Packing.of(np.array([2, 0]))
 
 
 def test_attention_dropout_on_cpu_keeps_the_expected_output():
@@ -405,51 +383,3 @@ def test_gradients_do_not_depend_on_the_thread_count(packed):
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     assert all(torch.equal(a, b) for a, b in zip(grads(1), grads(2), strict=True))
-
-
-def test_dropout_drops_p_and_keeps_the_mean():
-    X = torch.full((1000, 1000), 2.0)
-    torch.manual_seed(0)
-    out = dropout(X, 0.2, training=True)
-    kept = out != 0
-    assert abs(kept.float().mean().item() - 0.8) < 0.002  # 1M draws: sd 0.0004
-    assert torch.unique(out).tolist() == [0.0, pytest.approx(2.0 / (1 - 13107 / 65536))]
-    assert out.double().mean().item() == pytest.approx(2.0, abs=0.01)
-    torch.manual_seed(0)
-    assert torch.equal(dropout(X, 0.2, training=True), out)  # seeded: the same mask
-    assert torch.equal(dropout(X, 0.2, training=False), X)
-
-
-def packed_attention_case(p: float, dtype=torch.float32):
-    """A MultiHeadAttention with dropout p and a packed batch of 9 examples in 3 groups."""
-    torch.manual_seed(0)
-    mha = MultiHeadAttention(H, HEADS, p).to(dtype).train()
-    lens = np.array([1, 2, 4, 5, 5, 7, 8, 9, 11])
-    packing = Packing.of(lens, 3)
-    X = torch.randn(int(lens.sum()), H, dtype=dtype, generator=torch.Generator().manual_seed(2))
-    return mha, packing, X.requires_grad_()
-
-
-@pytest.mark.parametrize("p", [0.0, 0.3])
-def test_packed_attention_backward_passes_gradcheck(p):
-    mha, packing, X = packed_attention_case(p, torch.float64)
-
-    def attend(X):
-        torch.manual_seed(3)  # the same dropout masks at every evaluation
-        return mha.forward_packed(X, packing, packing.masks())
-
-    assert torch.autograd.gradcheck(attend, (X,))
-
-
-def test_packed_attention_forward_is_the_per_group_loop_bit_for_bit_with_dropout():
-    """The CPU training path (_PackedAttention, taken with autograd on) against the per-group
-    `_attend` loop (inference, CUDA): the same dropout masks, the same bits. Its gradients are
-    checked by gradcheck above."""
-    mha, packing, X = packed_attention_case(0.3)
-    outs = []
-    for grad in (True, False):
-        torch.manual_seed(3)
-        with torch.set_grad_enabled(grad):
-            outs.append(mha.forward_packed(X, packing, packing.masks()))
-    assert outs[0].grad_fn is not None and outs[1].grad_fn is None
-    assert torch.equal(outs[0].detach(), outs[1])

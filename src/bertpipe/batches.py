@@ -3,7 +3,7 @@
 A *plan* is a list of batches, each an array of example indices, fixed by a seeded generator
 before training starts; every rank of a torchrun job builds the same plan and collates its own
 slice of each batch (`Part`). Pretraining batches are packed (no padding at all, see
-`model.Packing`); fine-tuning batches are padded to their longest pair and group pairs of
+`kernels.Packing`); fine-tuning batches are padded to their longest pair and group pairs of
 similar length (`length_buckets`).
 
 Each batch carries the size of the *whole* batch across ranks (`num_examples`, `num_slots`), so
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from bertpipe import artifacts
 from bertpipe.errors import UserError
-from bertpipe.model import Packing
+from bertpipe.kernels import Packing
 from bertpipe.runtime import Runtime
 
 BUCKET_WINDOW = 50  # fine-tuning: batches per window of examples sorted by length
