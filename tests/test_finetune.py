@@ -1,4 +1,4 @@
-"""Tests for bertpipe.finetune and bertpipe.evaluate: learning a toy NLI task, predictions."""
+"""Tests for bertpipe.finetune and bertpipe.inference: learning a toy NLI task, predictions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bertpipe import batches, checkpoints, config
-from bertpipe.evaluate import predict
+from bertpipe.inference import predict
 from bertpipe.finetune import finetune
 from bertpipe.model import BERTClassifier
 from bertpipe.runtime import CPU

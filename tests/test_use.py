@@ -7,14 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 
 from bertpipe import __main__ as cli_main
-from bertpipe import artifacts, checkpoints, evaluate, snli, use
+from bertpipe import artifacts, checkpoints, inference, snli, use
 from bertpipe.config import ModelConfig
 from bertpipe.model import BERTClassifier, BERTModel
 from bertpipe.runtime import CPU
@@ -139,8 +139,8 @@ def test_predict_probabilities_match_the_library_call(ckpt):
     vocab = use.load_vocab(ckpt / "vocab.json", meta, "m")
     premises, hypotheses = [p for p, _ in PAIRS] * 30, [h for _, h in PAIRS] * 30
     pairs = use.encode_pairs(vocab, premises, hypotheses, max_len=40)
-    one_batch = evaluate.probabilities(model, pairs, 1000, CPU)
-    small_batches = evaluate.probabilities(model, pairs, 3, CPU)
+    one_batch = inference.probabilities(model, pairs, 1000, CPU)
+    small_batches = inference.probabilities(model, pairs, 3, CPU)
     assert one_batch.shape == (210, 3)
     torch.testing.assert_close(torch.tensor(small_batches), torch.tensor(one_batch))
     expected = [direct_probs(ckpt, p, h, max_len=40) for p, h in PAIRS]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bertpipe import evaluate, runtime, use
+from bertpipe import inference, runtime, use
 from bertpipe.cli import run
 from bertpipe.errors import UserError
 
@@ -88,7 +88,7 @@ def predict(args: argparse.Namespace) -> None:
     )
     pairs = use.encode_pairs(vocab, premises, hypotheses, max_len)
     rt = runtime.Runtime(runtime.pick_device(args.device), False, 0, threads=runtime.Threads())
-    probs = evaluate.probabilities(model, pairs, args.batch_size, rt)
+    probs = inference.probabilities(model, pairs, args.batch_size, rt)
     rows = use.predictions(premises, hypotheses, probs, meta["labels"])
     sys.stdout.write(use.format_predictions(rows, meta["labels"], args.format))
 

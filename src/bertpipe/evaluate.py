@@ -1,56 +1,54 @@
-"""The evaluate stage's logic: the classifier's predictions over a make_snli split.
+"""The evaluate stage's logic: the fine-tuned classifier scored on one make_snli split.
 
-Batches are sorted by length (least padding) and the model runs in eval mode (no dropout), so
-the predictions are a function of the weights and the data only. Under torchrun the ranks share
-every batch and agree on the accuracy with one all-reduce.
+`load` refuses a checkpoint and an SNLI folder that do not belong together (another vocabulary,
+pairs longer than its positions, other labels) and a split the folder does not have. `evaluate`
+predicts every pair (`inference.predict`) and returns the classification report with the rows
+of DVC's confusion plot: `actual,predicted` label names, one per pair, in the split's order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-from bertpipe.batches import Arrays, Batch, batches, collate_snli, snli_lengths, sorted_batches
-from bertpipe.runtime import Runtime, autocast, reduce_sum
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, snli: Arrays, batch_size: int, rt: Runtime) -> Iterator:
-    """(batch, logits (B, C)) for every batch of the split, model in eval mode."""
-    was_training = model.training
-    model.eval()
-    plan = sorted_batches(snli_lengths(snli), batch_size)
-    for b in batches(snli, plan, collate_snli, rt):
-        rt.threads.adjust()
-        with autocast(rt):
-            logits: Tensor = model(b["tokens"], b["segments"], b["valid_lens"])
-        yield b, logits.float()
-    model.train(was_training)
+from bertpipe import batches, checkpoints, metrics
+from bertpipe.batches import Arrays
+from bertpipe.errors import UserError
+from bertpipe.inference import predict
+from bertpipe.model import BERTClassifier
+from bertpipe.runtime import Runtime
 
 
-def evaluate_accuracy(model: nn.Module, snli: Arrays, batch_size: int, rt: Runtime) -> float:
-    """Plain accuracy over every pair of `snli`; ranks share the batches."""
-    correct = torch.zeros((), device=rt.device)
-    for b, logits in _logits(model, snli, batch_size, rt):
-        correct += ((logits.argmax(-1) == b["labels"]).float() * b["weights"]).sum()
-    return reduce_sum(correct, rt).item() / max(len(snli["labels"]), 1)
+def load(
+    model_path: str | Path, snli_path: str | Path, split: str, params_path: str | Path
+) -> tuple[BERTClassifier, Arrays, list[str]]:
+    """The classifier (CPU), the split's arrays and the label names, checked against each other.
+
+    `params_path` names the file that chose `split`, for the error that says it is missing."""
+    snli_meta = batches.load_snli(snli_path)
+    if split not in snli_meta["splits"]:
+        raise UserError(
+            f"{params_path}: evaluate.split '{split}' is not in {snli_path} "
+            f"(has {', '.join(snli_meta['splits'])}); pick one of those"
+        )
+    model, meta = checkpoints.load_classifier(model_path)
+    checkpoints.check_snli_fits(snli_meta, snli_path, meta, model_path)
+    labels = meta["labels"]
+    if labels != snli_meta["labels"]:
+        raise UserError(f"{model_path}: labels {labels} differ from {snli_path}'s; re-run finetune")
+    return model, batches.load_snli_split(snli_path, split), labels
 
 
-def probabilities(model: nn.Module, snli: Arrays, batch_size: int, rt: Runtime) -> np.ndarray:
-    """Class probabilities of every pair of `snli`, in its order: (N, C) float32. One process."""
-    model.to(rt.device)
-    found: list[tuple[Batch, Tensor]] = list(_logits(model, snli, batch_size, rt))
-    if not found:
-        return np.zeros((0, 1), dtype=np.float32)
-    index = torch.cat([b["index"] for b, _ in found]).cpu().numpy()
-    out = np.empty((len(index), found[0][1].shape[1]), dtype=np.float32)
-    out[index] = torch.cat([p.softmax(-1) for _, p in found]).cpu().numpy()
-    return out
-
-
-def predict(model: nn.Module, snli: Arrays, batch_size: int, rt: Runtime) -> np.ndarray:
-    """Predicted class of every pair of `snli`, in its order: (N,) int64."""
-    return probabilities(model, snli, batch_size, rt).argmax(-1).astype(np.int64)
+def evaluate(
+    model: BERTClassifier, data: Arrays, labels: list[str], batch_size: int, rt: Runtime
+) -> tuple[dict[str, Any], str]:
+    """(classification report with `num_pairs`, the predictions CSV with its header line)."""
+    predicted = predict(model, data, batch_size, rt)  # (N,)
+    actual = np.asarray(data["labels"], dtype=np.int64)  # (N,)
+    report = metrics.classification_report(actual, predicted, labels)
+    report["num_pairs"] = report.pop("examples")
+    names = np.asarray(labels)
+    rows = [f"{a},{p}" for a, p in zip(names[actual], names[predicted], strict=True)]
+    return report, "\n".join(["actual,predicted", *rows, ""])

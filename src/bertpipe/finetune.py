@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from bertpipe import config
 from bertpipe.batches import Arrays, Batch, collate_snli, length_buckets, snli_lengths
-from bertpipe.evaluate import evaluate_accuracy
+from bertpipe.inference import evaluate_accuracy
 from bertpipe.loop import Trainer
 from bertpipe.losses import exact_sum
 from bertpipe.model import BERTClassifier
