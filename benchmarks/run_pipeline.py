@@ -17,7 +17,7 @@ from pathlib import Path
 import real_data  # a sibling script: Python puts this folder first on sys.path
 import yaml
 
-from bertpipe import small
+from bertpipe import scratch
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bertpipe-real-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    small.copy_repository(Path("."), workdir)
+    scratch.copy_repository(Path("."), workdir)
     sections = real_data.build(
         args.shared.resolve(), workdir.parent / f"{workdir.name}-mirror", args.wiki_repeat,
         args.snli_repeat,
@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     params = yaml.safe_load((workdir / "params.yaml").read_text(encoding="utf-8"))
     params.update(sections)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    small.commit_all(workdir, "default params on shared/data")
+    scratch.commit_all(workdir, "default params on shared/data")
     print(f"default pipeline in {workdir}", flush=True)
     start = time.perf_counter()
-    small.dvc(workdir, "repro")
+    scratch.dvc(workdir, "repro")
     print(f"dvc repro: {time.perf_counter() - start:.0f} s", flush=True)
-    small.dvc(workdir, "metrics", "show")
+    scratch.dvc(workdir, "metrics", "show")
 
 
 if __name__ == "__main__":

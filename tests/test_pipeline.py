@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from bertpipe import artifacts, small, synthetic
+from bertpipe import artifacts, scratch, synthetic
 from bertpipe.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,15 +39,15 @@ ALL_STAGES = [*DATA_STAGES, "pretrain", "finetune", "evaluate", "baseline"]
 def workspace(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("workspace")
     mirror = tmp_path_factory.mktemp("mirror")
-    small.copy_repository(REPO, workdir)
-    downloads = small.make_archives(mirror)
-    with pytest.MonkeyPatch.context() as env, small.serve(mirror) as base_url:
+    scratch.copy_repository(REPO, workdir)
+    downloads = scratch.make_archives(mirror)
+    with pytest.MonkeyPatch.context() as env, scratch.serve(mirror) as base_url:
         # the stages' torch on one thread: 8x faster than two on this project's busy 2-core
         # machine; every DVC run of the module gets the same, so they can be compared
         env.setenv("OMP_NUM_THREADS", "1")
-        small.write_params(workdir, downloads, base_url)
-        small.commit_all(workdir, "small params")
-        small.dvc(workdir, "repro", capture=True)
+        scratch.write_params(workdir, downloads, base_url)
+        scratch.commit_all(workdir, "small params")
+        scratch.dvc(workdir, "repro", capture=True)
         yield workdir
 
 
@@ -57,7 +57,7 @@ def restored(workspace):
     params = (workspace / "params.yaml").read_text(encoding="utf-8")
     yield workspace
     (workspace / "params.yaml").write_text(params, encoding="utf-8")
-    small.dvc(workspace, "repro", capture=True)
+    scratch.dvc(workspace, "repro", capture=True)
 
 
 def stages_run(output: str) -> list[str]:
@@ -72,7 +72,7 @@ def set_param(workdir: Path, section: str, key: str, value: object) -> None:
 
 
 def metrics(workdir: Path) -> dict:
-    shown = json.loads(small.dvc(workdir, "metrics", "show", "--json", capture=True))
+    shown = json.loads(scratch.dvc(workdir, "metrics", "show", "--json", capture=True))
     (workspace_metrics,) = shown.values()
     return workspace_metrics["data"]
 
@@ -95,7 +95,7 @@ def test_learning_happens(workspace):
 
 
 def test_plots_come_from_the_training_curves(workspace):
-    shown = json.loads(small.dvc(workspace, "plots", "show", "--json", capture=True))["data"]
+    shown = json.loads(scratch.dvc(workspace, "plots", "show", "--json", capture=True))["data"]
     assert "metrics/pretrain_live/plots/metrics/train/mlm_loss.tsv" in shown
     assert "metrics/finetune_live/plots/metrics/epoch/test_accuracy.tsv" in shown
     (confusion,) = shown["confusion"]
@@ -104,16 +104,16 @@ def test_plots_come_from_the_training_curves(workspace):
 
 
 def test_a_second_repro_reruns_nothing(workspace):
-    assert stages_run(small.dvc(workspace, "repro", capture=True)) == []
+    assert stages_run(scratch.dvc(workspace, "repro", capture=True)) == []
 
 
 def test_a_param_change_reruns_exactly_the_stages_downstream(restored):
     workspace = restored
     set_param(workspace, "make_snli", "max_len", 48)
-    diff = json.loads(small.dvc(workspace, "params", "diff", "--json", capture=True))
+    diff = json.loads(scratch.dvc(workspace, "params", "diff", "--json", capture=True))
     change = diff["params.yaml"]["make_snli.max_len"]
     assert (change["old"], change["new"]) == (64, 48)
-    ran = stages_run(small.dvc(workspace, "repro", capture=True))
+    ran = stages_run(scratch.dvc(workspace, "repro", capture=True))
     assert sorted(ran) == ["evaluate", "finetune", "make_snli"]
 
 
@@ -130,12 +130,12 @@ def test_a_configuration_run_before_is_restored_from_the_run_cache(restored):
     first = snapshot(workspace)
     model = "data/pretrain/model.safetensors"
     set_param(workspace, "pretrain", "seed", 1)
-    ran = stages_run(small.dvc(workspace, "repro", capture=True))
+    ran = stages_run(scratch.dvc(workspace, "repro", capture=True))
     assert ran == ["pretrain", "finetune", "evaluate"]
     assert snapshot(workspace)[model] != first[model]
 
     set_param(workspace, "pretrain", "seed", 0)  # back to the fixture's run: DVC saved it
-    output = small.dvc(workspace, "repro", capture=True)
+    output = scratch.dvc(workspace, "repro", capture=True)
     assert stages_run(output) == []
     for name in ("pretrain", "finetune", "evaluate"):
         assert f"Stage '{name}' is cached - skipping run, checking out outputs" in output
@@ -149,7 +149,7 @@ RESUMED = re.compile(r"resuming from step (\d+)")
 
 def dvc_logged(workdir: Path, *args: str) -> tuple[str, str]:
     """Run `dvc <args>`; return (DVC's output, the stages' log), failing with both."""
-    done = subprocess.run([*DVC, *args], cwd=workdir, env=small.dvc_env(), capture_output=True,
+    done = subprocess.run([*DVC, *args], cwd=workdir, env=scratch.dvc_env(), capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     return done.stdout, done.stderr
@@ -158,7 +158,7 @@ def dvc_logged(workdir: Path, *args: str) -> tuple[str, str]:
 def repro_and_kill(workdir: Path, stage: str, at: int) -> int:
     """`dvc repro <stage>`; SIGKILL the stage's process once it saved a checkpoint at step `at`
     or later. Returns the step of the checkpoint left on disk."""
-    proc = subprocess.Popen([*DVC, "repro", stage], cwd=workdir, env=small.dvc_env(),
+    proc = subprocess.Popen([*DVC, "repro", stage], cwd=workdir, env=scratch.dvc_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     killed = []
     for line in proc.stderr:  # the stage's stderr: DVC hands it its own
@@ -207,21 +207,21 @@ def test_a_killed_repro_resumes_and_locks_what_an_uninterrupted_one_does(restore
 
 def test_a_clone_pulls_every_output_from_a_remote_and_has_nothing_to_run(workspace, tmp_path):
     store, clone = tmp_path / "store", tmp_path / "clone"
-    small.dvc(workspace, "remote", "add", "-d", "store", str(store))
+    scratch.dvc(workspace, "remote", "add", "-d", "store", str(store))
     try:
-        small.dvc(workspace, "push", capture=True)
+        scratch.dvc(workspace, "push", capture=True)
         git = ["git", "-c", "user.name=bertpipe", "-c", "user.email=bertpipe@localhost"]
         for command in (["add", "-A"], ["commit", "-qm", "results"]):  # dvc.lock, metrics, remote
             subprocess.run(git + command, cwd=workspace, check=True, capture_output=True)
         subprocess.run(["git", "clone", "-q", str(workspace), str(clone)], check=True)
         assert not (clone / "data").exists()  # git holds no output of a cached stage
 
-        small.dvc(clone, "pull", capture=True)
-        assert json.loads(small.dvc(clone, "status", "--json", capture=True)) == {}
-        assert stages_run(small.dvc(clone, "repro", capture=True)) == []
+        scratch.dvc(clone, "pull", capture=True)
+        assert json.loads(scratch.dvc(clone, "status", "--json", capture=True)) == {}
+        assert stages_run(scratch.dvc(clone, "repro", capture=True)) == []
         assert snapshot(clone) == snapshot(workspace)  # dvc.lock, every output, the metrics
     finally:
-        small.dvc(workspace, "remote", "remove", "store")
+        scratch.dvc(workspace, "remote", "remove", "store")
 
 
 def test_switching_to_d2ls_weights_reruns_exactly_that_route(restored, tmp_path):
@@ -237,8 +237,8 @@ def test_switching_to_d2ls_weights_reruns_exactly_that_route(restored, tmp_path)
     params = yaml.safe_load((workspace / "params.yaml").read_text(encoding="utf-8"))
     params["d2l_bert"] = {"tiny": entry}
     (workspace / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    assert "d2l_bert@tiny" in small.dvc(workspace, "dag", capture=True)
-    ran = stages_run(small.dvc(workspace, "repro", capture=True))
+    assert "d2l_bert@tiny" in scratch.dvc(workspace, "dag", capture=True)
+    ran = stages_run(scratch.dvc(workspace, "repro", capture=True))
     assert sorted(ran) == ["d2l_bert@tiny", "evaluate", "finetune", "make_snli"]
     snli_meta = json.loads((workspace / "data/make_snli/meta.json").read_text())
     assert snli_meta["pad_id"] == sorted(tokens).index("<pad>") != 1
