@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bertpipe import batches, checkpoints, config
-from bertpipe.inference import predict
 from bertpipe.finetune import finetune
+from bertpipe.inference import predict
 from bertpipe.model import BERTClassifier
 from bertpipe.runtime import CPU
 
