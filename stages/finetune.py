@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         if not rt.is_main:
             return
         with artifacts.atomic_dir(args.out) as out:
-            header = checkpoints.classifier_meta(bert_meta, labels)
+            header = checkpoints.classifier_meta(bert_meta, labels, snli_meta["max_len"])
             checkpoints.save(out / "model.safetensors", model, header)
         log.info("wrote %s", args.out)
     resume.clear()

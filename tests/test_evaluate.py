@@ -21,7 +21,8 @@ def write_classifier(folder: Path, fake, labels: list[str]) -> Path:
     bert, meta = checkpoints.load_bert(fake.bert(folder / "bert.safetensors"))
     torch.manual_seed(0)
     path = folder / "model.safetensors"
-    checkpoints.save(path, BERTClassifier(bert), checkpoints.classifier_meta(meta, labels))
+    header = checkpoints.classifier_meta(meta, labels, max_len=24)  # fake.snli's max_len
+    checkpoints.save(path, BERTClassifier(bert), header)
     return path
 
 

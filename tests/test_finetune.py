@@ -1,6 +1,9 @@
-"""Tests for bertpipe.finetune and bertpipe.inference: learning a toy NLI task, predictions."""
+"""Tests for bertpipe.finetune and its stage: learning a toy NLI task, the predictions agree with
+the test accuracy, and the classifier's header records the max_len it was fine-tuned with."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ from bertpipe.finetune import finetune
 from bertpipe.inference import predict
 from bertpipe.model import BERTClassifier
 from bertpipe.runtime import CPU
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_finetuning_learns_a_toy_nli_task(tmp_path, fake):
@@ -23,3 +28,16 @@ def test_finetuning_learns_a_toy_nli_task(tmp_path, fake):
     predicted = predict(model, test, 64, CPU)
     accuracy = (predicted == np.asarray(test["labels"])).mean()
     assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-4)
+
+
+def test_the_stage_records_the_max_len_of_the_pairs_it_fine_tuned_on(tmp_path, stage, fake):
+    """`bertpipe predict` truncates new pairs to it, as make_snli truncated these."""
+    snli = fake.snli(tmp_path / "snli", {"train": 40, "test": 10}, max_len=30)
+    stage("finetune").main([
+        "--params", str(ROOT / "params.yaml"), "--snli", str(snli),
+        "--pretrained", str(fake.bert(tmp_path / "bert.safetensors")),
+        "--out", str(tmp_path / "finetune"), "--metrics", str(tmp_path / "finetune.json"),
+        "--live", str(tmp_path / "live"), "--device", "cpu", "--threads", "1",
+    ])  # fmt: skip
+    _, meta = checkpoints.load_classifier(tmp_path / "finetune" / "model.safetensors")
+    assert meta.get("max_len") == 30

@@ -33,6 +33,7 @@ PAIRS = [  # (premise, hypothesis): case, brackets, unknown words, one pair long
     ("a man is in the park with a dog and a crane .", "a man is flying"),  # truncated at 12
     ("he", "is"),
 ]
+FINETUNED_MAX_LEN = 12  # make_snli.max_len of the fine-tuning pairs, recorded in the classifier
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def ckpt(tmp_path_factory) -> Path:
     classifier = BERTClassifier(bert, num_classes=3)
     with torch.no_grad():
         classifier.output.weight.mul_(8.0)  # probabilities well away from 1/3
-    meta = checkpoints.classifier_meta(meta, list(snli.LABELS))
+    meta = checkpoints.classifier_meta(meta, list(snli.LABELS), FINETUNED_MAX_LEN)
     artifacts.save_checkpoint(root / "classifier.safetensors", classifier.state_dict(), meta)
     return root
 
@@ -118,6 +119,36 @@ def test_predict_tsv_and_jsonl_files_in_batches(ckpt, tmp_path, capsys):
     assert [[r["probabilities"][k] for k in snli.LABELS] for r in records] == [
         [float(x) for x in row[3:]] for row in rows
     ]
+
+
+def test_predict_truncates_pairs_to_the_max_len_the_model_was_fine_tuned_with(ckpt, capsys):
+    """By default to the recorded make_snli.max_len (12), not the model's 40 positions; the
+    long pair shows which. --max-len overrides it, up to the positions."""
+    long = PAIRS[5]
+    bertpipe(*predict_args(ckpt, "--format", "tsv", *long))
+    default = [float(x) for x in capsys.readouterr().out.splitlines()[1].split("\t")[3:]]
+    assert default == pytest.approx(direct_probs(ckpt, *long, max_len=12), abs=1e-6)
+    assert default != pytest.approx(direct_probs(ckpt, *long, max_len=40), abs=1e-4)
+    bertpipe(*predict_args(ckpt, "--format", "tsv", "--max-len", "40", *long))
+    chosen = [float(x) for x in capsys.readouterr().out.splitlines()[1].split("\t")[3:]]
+    assert chosen == pytest.approx(direct_probs(ckpt, *long, max_len=40), abs=1e-6)
+    message = run_error(capsys, *predict_args(ckpt, "--max-len", "41", *long))
+    assert message == "error: --max-len: expected 3 to 40 (the model's limit)"
+
+
+def test_a_classifier_that_does_not_record_its_max_len_is_refused(ckpt, tmp_path, capsys):
+    """Written before classifiers recorded it: one line that says to rerun finetune."""
+    tensors, meta = artifacts.load_checkpoint(ckpt / "classifier.safetensors")
+    older = tmp_path / "older.safetensors"
+    del meta["max_len"]
+    artifacts.save_checkpoint(older, tensors, meta)
+    message = run_error(
+        capsys, "predict", "--model", older, "--vocab", ckpt / "vocab.json", "a", "b"
+    )
+    assert message == (
+        f"error: {older}: the checkpoint header lacks max_len (an older version wrote it); "
+        "rerun the finetune stage"
+    )
 
 
 def test_predict_table(ckpt, tmp_path, capsys):

@@ -44,8 +44,8 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--max-len",
         type=int,
-        help="truncate <cls> p <sep> h <sep> to this many tokens, as make_snli.max_len does "
-        "(default: the checkpoint's max_position)",
+        help="truncate <cls> p <sep> h <sep> to this many tokens (default: the make_snli.max_len "
+        "the model was fine-tuned with, recorded in its checkpoint; at most its max_position)",
     )
     predict.add_argument(
         "--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)"
@@ -80,7 +80,7 @@ def predict(args: argparse.Namespace) -> None:
     model, meta = use.load_classifier(args.model)
     vocab = use.load_vocab(args.vocab, meta, args.model)
     max_position = meta["model"]["max_position"]
-    max_len = max_position if args.max_len is None else args.max_len
+    max_len = meta["max_len"] if args.max_len is None else args.max_len
     if not 3 <= max_len <= max_position:
         raise UserError(f"--max-len: expected 3 to {max_position} (the model's limit)")
     premises, hypotheses = (

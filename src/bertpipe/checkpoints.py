@@ -8,6 +8,11 @@ pretrain and finetune stages) and the readers (finetune, evaluate):
     vocab_size    rows of the token embedding
     vocab_sha1    SHA-1 of the vocab.json that gives the ids meaning
     num_classes, labels   classifier only: the label names in output order
+    max_len       classifier only: make_snli.max_len of the pairs it was fine-tuned on, which
+                  `bertpipe predict` truncates new pairs to
+
+A header without every key of its kind (one an older version wrote) is refused, with one line
+that says which stage to rerun.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from bertpipe.errors import UserError
 from bertpipe.model import BERTClassifier, BERTModel
 
 BERT_KEYS = ("kind", "model", "vocab_size", "vocab_sha1")
-KEYS = {"bert": BERT_KEYS, "classifier": (*BERT_KEYS, "num_classes", "labels")}
+KEYS = {"bert": BERT_KEYS, "classifier": (*BERT_KEYS, "num_classes", "labels", "max_len")}
 WRITER = {"bert": "pretrain", "classifier": "finetune"}
 
 
@@ -37,8 +42,10 @@ def bert_meta(cfg: config.ModelConfig, vocab_size: int, vocab_sha1: str) -> dict
     }
 
 
-def classifier_meta(pretrained: dict[str, Any], labels: list[str]) -> dict[str, Any]:
-    return {**pretrained, "kind": "classifier", "num_classes": len(labels), "labels": labels}
+def classifier_meta(pretrained: dict[str, Any], labels: list[str], max_len: int) -> dict[str, Any]:
+    """The meta of a classifier fine-tuned from `pretrained` on pairs of at most `max_len`."""
+    return {**pretrained, "kind": "classifier", "num_classes": len(labels), "labels": labels,
+            "max_len": max_len}  # fmt: skip
 
 
 def save(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -61,7 +68,10 @@ def _load(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any
         raise UserError(f"{path}: expected a '{kind}' checkpoint, found '{meta.get('kind')}'")
     missing = [k for k in KEYS[kind] if k not in meta]
     if missing:
-        raise UserError(f"{path}: the checkpoint header lacks {', '.join(missing)}; {rerun}")
+        raise UserError(
+            f"{path}: the checkpoint header lacks {', '.join(missing)} (an older version wrote "
+            f"it); rerun the {WRITER[kind]} stage"
+        )
     cfg = config.parse_section(config.ModelConfig, meta["model"], f"{path}: meta model")
     return tensors, meta, cfg
 
