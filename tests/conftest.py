@@ -21,7 +21,7 @@ for a given name, so retries, resume and error pages are tested against real soc
     server.hits_for("a.zip")                   # the requests for one name
 
 Rules for a name queue up and apply in the order given. Header names in `hits` are lower-case.
-A cut before 64 KiB (bertpipe.download.CHUNK) leaves nothing to resume from: cut later than that
+A cut before 64 KiB (bertpipe.transfer.CHUNK) leaves nothing to resume from: cut later than that
 to see a Range request. A hanging or throttled reply gives up after MISBEHAVE_S seconds (or when
 the server stops), so a client that would wait for ever fails its test instead of hanging the run.
 

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import yaml
 
-from bertpipe import download
+from bertpipe import archives, download, transfer
+from bertpipe.archives import ArchiveLimits
 from bertpipe.config import DownloadConfig
-from bertpipe.download import ArchiveLimits, HttpPolicy
 from bertpipe.errors import UserError
+from bertpipe.transfer import HttpPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = HttpPolicy(attempts=3, backoff_s=0.01, connect_timeout_s=2.0, read_timeout_s=5.0)
@@ -58,6 +59,11 @@ def cfg_for(
     return DownloadConfig(mirrors=tuple(mirrors), sha1=archive_sha1, files=files)
 
 
+def partial_of(out: Path, mirror: str) -> Path:
+    """Where fetching into `out` keeps the download of `mirror` until it passes."""
+    return download.partial_path(download.partials_for(out), mirror)
+
+
 def serve(server, name: str, data: bytes) -> str:
     (server.root / name).write_bytes(data)
     return server.url(name)
@@ -81,8 +87,8 @@ def test_http_mirror_passes_on_archive_sha1(http_server, tmp_path):
         "files": {name: len(data) for name, data in CONTENT.items()},
     }
     (hit,) = http_server.hits
-    assert hit.headers["user-agent"] == download.USER_AGENT
-    assert download.USER_AGENT.startswith("bertpipe/")
+    assert hit.headers["user-agent"] == transfer.USER_AGENT
+    assert transfer.USER_AGENT.startswith("bertpipe/")
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary leftovers
 
 
@@ -165,7 +171,7 @@ def test_all_mirrors_failing_lists_each_and_leaves_output_as_it_was(
     else:
         assert not out.exists()
     # Only the interrupted download is kept, for the next run: 1000 bytes more on each attempt.
-    partial = download.partial_path(out, mirrors[3])
+    partial = partial_of(out, mirrors[3])
     assert f"partial downloads in {partial.parent} are resumed by the next run" in note
     assert list(partial.parent.iterdir()) == [partial]
     assert partial.read_bytes() == ORIGINAL[:3000]
@@ -274,7 +280,7 @@ def test_trickling_mirror_is_abandoned_in_bounded_time(http_server, tmp_path):
     first, second = http_server.hits_for("w.zip")
     # The trickled bytes are kept and the retry resumes after them.
     assert "range" not in first.headers and second.headers["range"] != "bytes=0-"
-    kept = download.partial_path(out, url).read_bytes()
+    kept = partial_of(out, url).read_bytes()
     assert 1 <= len(kept) <= 4 and ORIGINAL.startswith(kept)
 
 
@@ -301,7 +307,7 @@ def test_a_failed_run_leaves_its_partial_download_for_the_next_run_to_resume(htt
     http_server.cut("w.zip", after=150_000)  # the first run is killed mid-body ...
     with pytest.raises(UserError, match=r"gave up after 1 attempt\)"):
         download.fetch(cfg_for([url]), out, HttpPolicy(attempts=1))
-    partial = download.partial_path(out, url)
+    partial = partial_of(out, url)
     assert partial.read_bytes() == ORIGINAL[:150_000]
     download.fetch(cfg_for([url]), out, FAST)  # ... and the next run picks it up
     assert_extracted(out)
@@ -314,7 +320,7 @@ def test_a_failed_run_leaves_its_partial_download_for_the_next_run_to_resume(htt
 def test_a_wrong_partial_download_is_discarded_and_downloaded_again(http_server, tmp_path):
     url = serve(http_server, "w.zip", ORIGINAL)
     out = tmp_path / "out"
-    partial = download.partial_path(out, url)
+    partial = partial_of(out, url)
     partial.parent.mkdir()
     partial.write_bytes(b"garbage!" * 10_000)  # not the archive's first 80,000 bytes
     metrics = download.fetch(cfg_for([url]), out, FAST)
@@ -329,7 +335,7 @@ def test_a_wrong_partial_download_is_discarded_and_downloaded_again(http_server,
 def test_a_partial_download_that_is_complete_is_used_as_it_is(http_server, tmp_path):
     url = serve(http_server, "w.zip", ORIGINAL)
     out = tmp_path / "out"
-    partial = download.partial_path(out, url)
+    partial = partial_of(out, url)
     partial.parent.mkdir()
     partial.write_bytes(ORIGINAL)  # a run killed after the last byte, before extracting
     download.fetch(cfg_for([url]), out, FAST)
@@ -342,15 +348,11 @@ def test_leftovers_of_killed_runs_are_removed_by_the_next_run(http_server, tmp_p
     url = serve(http_server, "w.zip", ORIGINAL)
     data = tmp_path / "data"
     out = data / "out"
-    leftovers = [
-        data / ".out.ab_d1234.tmp",  # artifacts.atomic_dir's staging folder
-        data / ".out.k3j4h5g6",  # an earlier bertpipe's temporary download folder
-    ]
-    for folder in leftovers:
-        folder.mkdir(parents=True)
-        (folder / "archive.zip").write_bytes(b"half")
+    staging = data / ".out.ab_d1234.tmp"  # artifacts.atomic_dir's temporary folder
+    staging.mkdir(parents=True)
+    (staging / "archive.zip").write_bytes(b"half")
     (data / ".out.zz99zz99.tmp").write_bytes(b"half")  # a temporary file
-    stale = download.partial_path(out, "https://no-longer-listed.example/w.zip")
+    stale = partial_of(out, "https://no-longer-listed.example/w.zip")
     stale.parent.mkdir()
     stale.write_bytes(b"half")
     others = [data / ".other.ab_d1234.tmp", data / "out.ab_d1234.tmp", data / ".out.notes"]
@@ -361,7 +363,7 @@ def test_leftovers_of_killed_runs_are_removed_by_the_next_run(http_server, tmp_p
     with pytest.raises(UserError):
         download.fetch(cfg_for([url]), out, HttpPolicy(attempts=1))
     # The listed mirror's partial download stays; everything else of ours is gone.
-    partial = download.partial_path(out, url)
+    partial = partial_of(out, url)
     assert list(partial.parent.iterdir()) == [partial]
     assert sorted(data.iterdir()) == sorted([partial.parent, *others])
 
@@ -447,8 +449,8 @@ def test_zip_bomb_is_refused_before_anything_is_extracted(tmp_path):
         download.fetch(cfg_for([str(archive)], sha1(bomb)), tmp_path / "out", FAST)
     staging = tmp_path / "staging"
     staging.mkdir()
-    with pytest.raises(download.MirrorError, match="refused before extracting"):
-        download._extract(archive, cfg_for([]).files, staging, download.DEFAULT_LIMITS)
+    with pytest.raises(archives.ArchiveError, match="refused before extracting"):
+        archives.extract(archive, cfg_for([]).files, staging, archives.DEFAULT_LIMITS)
     assert list(staging.iterdir()) == []  # not one byte written
 
 
@@ -471,8 +473,8 @@ def test_member_longer_than_its_header_declares_is_cut_there_and_rejected(tmp_pa
         download.fetch(cfg_for([str(archive)], sha1(lying)), tmp_path / "out", FAST)
     staging = tmp_path / "staging"
     staging.mkdir()
-    with pytest.raises(download.MirrorError, match="does not match its header"):
-        download._extract(archive, cfg_for([]).files, staging, download.DEFAULT_LIMITS)
+    with pytest.raises(archives.ArchiveError, match="does not match its header"):
+        archives.extract(archive, cfg_for([]).files, staging, archives.DEFAULT_LIMITS)
     assert (staging / "wiki.train.tokens").stat().st_size <= 1000
 
 
