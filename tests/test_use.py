@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tomllib
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -305,11 +306,17 @@ def test_bad_pair_files_name_the_line(tmp_path, name, content, complaint):
         use.read_pairs(tmp_path / name)
 
 
-def test_the_console_script_is_declared():
+def test_the_console_script_runs_the_command_line(monkeypatch, capsys):
+    """pyproject.toml's `bertpipe` entry point, loaded and called as an installed console script
+    calls it (no arguments; the command line in sys.argv), is this command line."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    module, _, function = scripts["bertpipe"].partition(":")
-    assert (module, function) == ("bertpipe.__main__", "main")
-    assert getattr(cli_main, function) is cli_main.main
+    entry = EntryPoint("bertpipe", scripts["bertpipe"], "console_scripts").load()
+    monkeypatch.setattr(sys, "argv", ["bertpipe", "--help"])
+    with pytest.raises(SystemExit) as info:
+        entry()
+    usage = capsys.readouterr().out
+    assert info.value.code == 0 and usage.startswith("usage: bertpipe [-h] COMMAND")
+    assert "predict" in usage and "encode" in usage
 
 
 def test_python_dash_m_bertpipe(tmp_path):
