@@ -505,7 +505,8 @@ def test_stage_script_end_to_end(http_server, tmp_path, stage, name, top):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({name: section}), encoding="utf-8")
     out, metrics = tmp_path / "data" / name, tmp_path / "metrics" / f"{name}.json"
-    stage(name).main(["--params", str(params), "--out", str(out), "--metrics", str(metrics)])
+    argv = ["--name", name, "--params", str(params), "--out", str(out), "--metrics", str(metrics)]
+    stage("download").main(argv)
     assert_extracted(out)
     assert json.loads(metrics.read_text(encoding="utf-8")) == {
         "mirror": mirrors[1],
@@ -513,3 +514,10 @@ def test_stage_script_end_to_end(http_server, tmp_path, stage, name, top):
         "archive_sha1": sha1(archive),
         "files": {name: len(data) for name, data in CONTENT.items()},
     }
+
+
+def test_the_stage_script_runs_download_stages_only(stage, tmp_path):
+    argv = ["--name", "pretrain", "--out", str(tmp_path / "o"), "--metrics", str(tmp_path / "m")]
+    with pytest.raises(SystemExit):  # argparse: --name must be a download section
+        stage("download").main(argv)
+    assert list(tmp_path.iterdir()) == []

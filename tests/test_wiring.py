@@ -3,7 +3,9 @@
 DVC reruns a stage only when a listed dep or param changes, so a module the stage imports but
 does not list would let stale outputs survive a code change. Each stage's script is checked
 against its dvc.yaml entry: the package modules it imports (transitively), the paths on its
-command line, and the `Reads:` / `Writes:` / `Params:` lines of its docstring.
+command line, and the `Reads:` / `Writes:` / `Params:` lines of its docstring. In a docstring,
+`<name>` stands for the value of `--name` on the stage's command line: the entry of a foreach
+stage, or the stage a script shared by several stages runs.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ PIPELINE = yaml.safe_load(resolve((REPO / "dvc.yaml").read_text(encoding="utf-8"
 STAGES = {name: stage.get("do", stage) for name, stage in PIPELINE["stages"].items()}
 
 
+def script(name: str) -> Path:
+    """The stage script that stage `name` runs: `python stages/<script>.py ...`."""
+    return REPO / STAGES[name]["cmd"].split()[1]
+
+
+def name_arg(name: str) -> str | None:
+    """The value of `--name` on stage `name`'s command line, if it has one."""
+    cmd = STAGES[name]["cmd"].split()
+    return cmd[cmd.index("--name") + 1] if "--name" in cmd else None
+
+
 def names(entries: list) -> list[str]:
     """dvc.yaml list entries are either 'path' or {'path': {options}}."""
     return [e if isinstance(e, str) else next(iter(e)) for e in entries]
@@ -70,17 +83,19 @@ def package_imports(path: Path, seen: set[str] | None = None) -> set[str]:
     return seen
 
 
-def docstring_words(script: Path, label: str) -> list[str]:
-    """The words of the `<label>:` line (and its indented continuation) of a script's docstring."""
-    doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
+def docstring_words(name: str, label: str) -> list[str]:
+    """The words of the `<label>:` line (and its indented continuation) of the docstring of
+    stage `name`'s script, `<name>` replaced by the stage's --name."""
+    doc = ast.get_docstring(ast.parse(script(name).read_text(encoding="utf-8"))) or ""
     match = re.search(rf"^{label}:(.*(?:\n[ \t]+\S.*)*)", doc, re.MULTILINE)
-    assert match, f"{script.name}: docstring has no '{label}:' line"
-    return [w.strip("()`,:;") for w in match.group(1).split()]
+    assert match, f"{script(name).name}: docstring has no '{label}:' line"
+    words = [w.strip("()`,:;") for w in match.group(1).split()]
+    entry = name_arg(name)
+    return [w.replace("<name>", entry) if entry else w for w in words]
 
 
-def docstring_paths(script: Path, label: str) -> set[str]:
-    words = docstring_words(script, label)
-    words = [w.replace("<name>", "some_entry") for w in words]  # a foreach stage's entry
+def docstring_paths(name: str, label: str) -> set[str]:
+    words = docstring_words(name, label)
     return {w.rstrip("/") for w in words if w.startswith(("data/", "metrics/"))}
 
 
@@ -90,23 +105,27 @@ def covers(general: str, specific: str) -> bool:
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
-def test_stage_runs_its_own_script(name):
+def test_stage_runs_its_own_script_or_a_shared_one_by_name(name):
+    """`python stages/<name>.py`, or a script that no stage is named after, shared by stages
+    that differ only in params, told by `--name <name>` which one it runs."""
     cmd = STAGES[name]["cmd"].split()
-    assert cmd[:2] == ["python", f"stages/{name}.py"]
-    assert f"stages/{name}.py" in names(STAGES[name]["deps"])
+    assert cmd[0] == "python" and re.fullmatch(r"stages/\w+\.py", cmd[1])
+    shared = script(name).stem not in STAGES and name_arg(name) == name
+    assert cmd[1] == f"stages/{name}.py" or shared
+    assert cmd[1] in names(STAGES[name]["deps"])
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_deps_list_exactly_the_package_modules_the_script_imports(name):
     listed = {d for d in names(STAGES[name]["deps"]) if d.startswith("src/")}
-    assert listed == package_imports(REPO / "stages" / f"{name}.py")
+    assert listed == package_imports(script(name))
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_params_are_whole_known_sections_and_match_the_docstring(name):
     params = STAGES[name].get("params", [])
     assert all(isinstance(p, str) and p in config.SECTIONS for p in params)
-    words = docstring_words(REPO / "stages" / f"{name}.py", "Params")
+    words = docstring_words(name, "Params")
     assert [w for w in words if w in config.SECTIONS] == params
 
 
@@ -118,9 +137,8 @@ def test_command_line_paths_are_deps_or_outs(name):
     pairs = itertools.pairwise(cmd)
     paths = [value for flag, value in pairs if flag.startswith("--") and "/" in value]
     assert paths and set(paths) <= declared
-    script = REPO / "stages" / f"{name}.py"
     for label, declared in (("Reads", names(stage["deps"])), ("Writes", outputs(stage))):
-        mentioned = docstring_paths(script, label)
+        mentioned = docstring_paths(name, label)
         for path in (p for p in paths if p in declared):
             assert any(covers(path, m) for m in mentioned), f"{label}: does not name {path}"
         for m in mentioned:
