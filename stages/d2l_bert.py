@@ -1,7 +1,8 @@
 """Download one of d2l's published BERT archives and import it as a pretrained checkpoint.
 
 d2l's `bert.small.torch.zip` / `bert.base.torch.zip` come from the first mirror whose SHA-1
-matches; `pretrained.params` is read without running code from it (see bertpipe.d2l_bert),
+matches (a download cut short is resumed by the next run, from `.<name>.partial/` beside the
+output). `pretrained.params` is read without running code from it (see bertpipe.d2l_bert),
 the model's sizes come from the tensors' shapes, and the weights load strictly into our
 BERTModel. The output is what the pretrain stage writes: a checkpoint and the vocabulary that
 defines its ids (d2l's, whose special tokens sit wherever its sorted list puts them).
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     source = config.DownloadConfig(cfg.mirrors, cfg.sha1, files)
 
     with artifacts.atomic_dir(args.out) as out:
-        fetched = download.fetch(source, out / "archive")
+        # The archive is extracted into this temporary folder, which a failure or the next run
+        # deletes; an interrupted download is kept beside the output instead, to be resumed.
+        partials = download.partials_for(args.out)
+        fetched = download.fetch(source, out / "archive", partials=partials)
         model, vocab = d2l_bert.load(out / "archive", cfg, source=fetched["mirror"])
         vocab.save(out / "vocab.json")  # our canonical bytes of d2l's list: the same ids
         header = checkpoints.bert_meta(model.cfg, len(vocab), vocab.sha1)

@@ -1,13 +1,14 @@
 """Importing d2l's published BERT weights: d2l-format archives built here and served over
 loopback HTTP go through the d2l_bert stage; the imported model computes
 what d2l's formulas compute from the original tensors; bad files are refused without running
-code from them."""
+code from them; a download cut short resumes in the next run."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
+import re
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from bertpipe import artifacts, checkpoints, config
+from bertpipe import artifacts, checkpoints, config, download
 from bertpipe.config import ModelConfig
 from bertpipe.errors import UserError
 from bertpipe.model import BERTModel
@@ -193,6 +194,29 @@ def test_the_import_is_byte_identical_when_repeated(tmp_path, stage):
         run_d2l_bert(stage, tmp_path, weights, 2, "two") / "model.safetensors"
     )
     assert first == again
+
+
+def test_a_download_cut_short_is_resumed_by_the_next_run(tmp_path, http_server, stage):
+    shape = SHAPES["base_like"]
+    V, heads = shape[0], shape[3]
+    folder = "bert.base.torch"
+    archive = d2l_archive(http_server.root / f"{folder}.zip", d2l_state_dict(shape),
+                          d2l_vocab(V), folder)  # fmt: skip
+    assert archive.stat().st_size > 150_000  # so that the cut leaves a partial to resume
+    url = http_server.url(f"{folder}.zip")
+    http_server.cut(f"{folder}.zip", after=150_000)  # the first run's download dies mid-body,
+    http_server.fail(f"{folder}.zip", 404, times=1)  # and its retry finds the mirror gone
+    partials = download.partials_for(tmp_path / "d2l_bert")
+    with pytest.raises(UserError, match=f"partial downloads in {re.escape(str(partials))}"):
+        run_d2l_bert(stage, tmp_path, archive, heads, mirrors=[url])
+    assert not (tmp_path / "d2l_bert").exists()
+
+    out = run_d2l_bert(stage, tmp_path, archive, heads, mirrors=[url])
+    first, retry, next_run = http_server.hits_for(f"{folder}.zip")
+    assert "range" not in first.headers
+    assert retry.headers["range"] == next_run.headers["range"] == "bytes=150000-"
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "vocab.json"]
+    assert not partials.exists()  # removed once the download passed
 
 
 class RunsCode:

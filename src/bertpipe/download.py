@@ -3,8 +3,9 @@
 d2l saved whatever a server answered under the zip's name and never checked it, so a dead mirror
 surfaced later as a `BadZipFile` (d2l issue #2588). Here the mirrors are tried in order. An HTTP
 mirror is downloaded by `bertpipe.transfer` (retries, Range resume, a low-speed limit) into a
-partial file beside the output (`.<out>.partial/`), which outlives a killed or failed run so
-that the next run resumes it. A `file://` URL or a plain path is read in place (for
+partial file in `.<out>.partial/` beside the stage's output: outside the output, which DVC
+deletes before it reruns a stage, and outside any temporary folder, so it outlives a killed or
+failed run and the next run resumes it. A `file://` URL or a plain path is read in place (for
 users behind a firewall). A mirror passes when the archive's SHA-1 matches `sha1`, or, for
 mirrors that repackage the data, when every listed member has a SHA-1 and all of them match.
 `bertpipe.archives` extracts the members into the output folder, which appears only once
@@ -57,15 +58,17 @@ def fetch(
     out: str | Path,
     http: HttpPolicy = transfer.DEFAULT_HTTP,
     limits: ArchiveLimits = archives.DEFAULT_LIMITS,
+    partials: Path | None = None,
 ) -> dict:
     """Fill folder `out` with the members named in `cfg.files`, from the first mirror that passes.
 
+    Interrupted downloads are kept in `partials` (default: `partials_for(out)`) for the next run
+    to resume; a stage that extracts into a temporary folder passes the one for its output.
     Returns the metrics: the mirror used, the archive's size and SHA-1, and each file's size.
-    Raises UserError naming every mirror and why it failed; `out` is then left as it was, and
-    interrupted downloads stay in `partials_for(out)` for the next run to resume.
+    Raises UserError naming every mirror and why it failed; `out` is then left as it was.
     """
     out = Path(out)
-    partials = partials_for(out)
+    partials = partials_for(out) if partials is None else partials
     _check_config(cfg, out.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     _drop_unlisted_partials(partials, cfg.mirrors)
