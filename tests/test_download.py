@@ -478,6 +478,34 @@ def test_member_longer_than_its_header_declares_is_cut_there_and_rejected(tmp_pa
     assert (staging / "wiki.train.tokens").stat().st_size <= 1000
 
 
+def damage_deflate_stream(archive: bytes, name: str) -> bytes:
+    """`archive` with the deflate data of member `name` starting with a block of the type that
+    deflate reserves: headers, sizes and CRC-32 untouched, so zipfile starts decompressing."""
+    info = zipfile.ZipFile(io.BytesIO(archive)).getinfo(name)
+    name_len, extra_len = struct.unpack_from("<HH", archive, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len
+    out = bytearray(archive)
+    out[start] = 0b111  # BFINAL 1, BTYPE 11 (reserved), read from the low bits up
+    return bytes(out)
+
+
+def test_a_damaged_deflate_stream_fails_its_mirror_in_one_line_and_the_next_is_tried(
+    tmp_path, caplog
+):
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(damage_deflate_stream(deflated_zip(CONTENT), "wiki.train.tokens"))
+    good = tmp_path / "good.zip"
+    good.write_bytes(ORIGINAL)
+    # Every member has a SHA-1, so the damaged copy gets past the archive's SHA-1 to extraction.
+    cfg = cfg_for([str(damaged), str(good)], member_sha1s=True)
+    metrics = download.fetch(cfg, tmp_path / "out", FAST)
+    assert metrics["mirror"] == str(good)
+    assert_extracted(tmp_path / "out")
+    (failed,) = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert failed.startswith(f"mirror {damaged} failed: member 'wiki.train.tokens' is damaged")
+    assert "invalid block type" in failed and "\n" not in failed
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

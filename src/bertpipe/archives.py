@@ -5,7 +5,7 @@ streamed flat into a folder, so no member name can place a file outside it, and 
 tries (absolute, with `..`) condemns the whole archive. What the wanted members may unpack to is
 bounded before anything is written (`ArchiveLimits`: a zip bomb is refused by its headers), and
 no member is written past the size its header declares. Every way the archive can be damaged
-ends in an `ArchiveError` that says what is wrong, never in zipfile's traceback.
+ends in an `ArchiveError` that says what is wrong, never in zipfile's or zlib's traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 CHUNK = 1 << 16  # bytes per read and write while extracting: a member is never whole in memory
 # zipfile's ways of saying an archive is damaged (bad CRC, truncated) or needs what it lacks
-# (a password, an unsupported compression method).
+# (a password, an unsupported compression method). A corrupt deflate stream is zlib's to say.
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError)
 
 
@@ -137,6 +138,10 @@ def _extract_one(
         raise ArchiveError(
             f"member {info.filename!r} does not match its header ({err}): a damaged or crafted "
             "archive"
+        ) from None
+    except zlib.error as err:
+        raise ArchiveError(
+            f"member {info.filename!r} is damaged: its compressed data does not decompress ({err})"
         ) from None
     if sha1 is not None and digest.hexdigest() != sha1.lower():
         raise ArchiveError(
