@@ -2,7 +2,8 @@
 
 d2l's `bert.small.torch.zip` / `bert.base.torch.zip` come from the first mirror whose SHA-1
 matches (a download cut short is resumed by the next run, from `.<name>.partial/` beside the
-output). `pretrained.params` is read without running code from it (see bertpipe.d2l_bert),
+output); for these two archives, `num_heads` must be the one they were trained with.
+`pretrained.params` is read without running code from it (see bertpipe.d2l_bert),
 the model's sizes come from the tensors' shapes, and the weights load strictly into our
 BERTModel. The output is what the pretrain stage writes: a checkpoint and the vocabulary that
 defines its ids (d2l's, whose special tokens sit wherever its sorted list puts them).
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.params}: d2l_bert has no entry '{args.name}' "
                         f"(has: {', '.join(entries) or 'none'})")  # fmt: skip
     cfg = entries[args.name]
+    d2l_bert.check_heads(cfg, f"{args.params}: d2l_bert.{args.name}")
     files = dict.fromkeys((d2l_bert.PARAMS_FILE, d2l_bert.VOCAB_FILE))
     source = config.DownloadConfig(cfg.mirrors, cfg.sha1, files)
 

@@ -1,7 +1,8 @@
 """Importing d2l's published BERT weights: d2l-format archives built here and served over
 loopback HTTP go through the d2l_bert stage; the imported model computes
 what d2l's formulas compute from the original tensors; bad files are refused without running
-code from them; a download cut short resumes in the next run."""
+code from them; a download cut short resumes in the next run; a published archive's number of
+heads is checked."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from bertpipe import artifacts, checkpoints, config, download
+from bertpipe import artifacts, checkpoints, config, d2l_bert, download
 from bertpipe.config import ModelConfig
 from bertpipe.errors import UserError
 from bertpipe.model import BERTModel
@@ -217,6 +218,39 @@ def test_a_download_cut_short_is_resumed_by_the_next_run(tmp_path, http_server, 
     assert retry.headers["range"] == next_run.headers["range"] == "bytes=150000-"
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "vocab.json"]
     assert not partials.exists()  # removed once the download passed
+
+
+def test_a_published_archive_is_imported_with_its_own_number_of_heads_only(
+    tmp_path, http_server, stage, monkeypatch
+):
+    """The generated archive, as a stand-in for one of d2l's, is entered in the same table under
+    its own SHA-1: the real archives cannot be used here."""
+    shape = SHAPES["small_odd"]  # 14 hidden units: 2 heads, or 7
+    V, heads = shape[0], shape[3]
+    archive = d2l_archive(http_server.root / "w.zip", d2l_state_dict(shape), d2l_vocab(V), "w")
+    url, sha1 = http_server.url("w.zip"), artifacts.sha1_of_file(archive)
+    # Unknown to the table, any count that divides the width is taken from the params.
+    out = run_d2l_bert(stage, tmp_path, archive, 7, "unknown", mirrors=[url])
+    assert checkpoints.load_bert(out / "model.safetensors")[1]["model"]["num_heads"] == 7
+
+    monkeypatch.setitem(d2l_bert.PUBLISHED, sha1, ("w.zip", heads))
+    hits = len(http_server.hits)
+    message = (rf"params.yaml: d2l_bert.tiny.num_heads: 7, but sha1 {sha1} is d2l's w.zip, "
+               rf"which has 2 heads; set num_heads: 2$")  # fmt: skip
+    with pytest.raises(UserError, match=message):
+        run_d2l_bert(stage, tmp_path, archive, 7, "known", mirrors=[url])
+    assert len(http_server.hits) == hits  # refused before downloading
+    out = run_d2l_bert(stage, tmp_path, archive, heads, "known", mirrors=[url])
+    assert checkpoints.load_bert(out / "model.safetensors")[1]["model"]["num_heads"] == heads
+
+
+def test_the_published_heads_are_those_params_yaml_suggests_for_d2ls_archives():
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    entries = re.findall(r"sha1: ([0-9a-f]{40}), num_heads: (\d+)", text)
+    assert len(entries) == 2
+    assert {sha1: int(heads) for sha1, heads in entries} == {
+        sha1: heads for sha1, (_, heads) in d2l_bert.PUBLISHED.items()
+    }
 
 
 class RunsCode:

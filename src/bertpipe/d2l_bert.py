@@ -15,8 +15,11 @@ The model's sizes follow from the tensors' shapes: the token embedding is (vocab
 num_hiddens), the positional embedding (1, max_position, num_hiddens), a block's first FFN layer
 (ffn_num_hiddens, num_hiddens), and the blocks are numbered. The number of attention heads
 leaves no trace in the shapes (heads only split the projections), so it is a param, as is the
-dropout used when fine-tuning. d2l's `load_pretrained_model` hard-codes 4 heads, 2 blocks and
-dropout 0.2 whatever it is asked; here `bert.base` (12 heads, 12 blocks) needs only other params.
+dropout used when fine-tuning; a wrong count would import without a word and compute something
+else. For d2l's two published archives, known by their SHA-1s, the count is known and checked
+(`PUBLISHED`); other archives keep the param's. d2l's `load_pretrained_model` hard-codes 4
+heads, 2 blocks and dropout 0.2 whatever it is asked; here `bert.base` (12 heads, 12 blocks)
+needs only other params.
 """
 
 from __future__ import annotations
@@ -41,6 +44,26 @@ TOKEN_EMBEDDING = "encoder.token_embedding.weight"  # (vocab size, num_hiddens)
 POS_EMBEDDING = "encoder.pos_embedding"  # (1, max_position, num_hiddens)
 FFN_IN = "encoder.blks.0.ffn.dense1.weight"  # (ffn_num_hiddens, num_hiddens)
 BLOCK = re.compile(r"encoder\.blks\.(\d+)\.")
+# d2l's published PyTorch archives by SHA-1 (d2l's DATA_HUB): their names and numbers of heads
+PUBLISHED = {
+    "c72329e68a732bef0452e4b96a1c341c8910f81f": ("bert.small.torch.zip", 4),
+    "225d66f04cae318b841a13d32af3acc165f253ac": ("bert.base.torch.zip", 12),
+}
+
+
+def check_heads(cfg: D2lBertConfig, where: str) -> None:
+    """Refuse a `num_heads` other than the one d2l's published archive of SHA-1 `cfg.sha1` has.
+
+    Only an archive with exactly that SHA-1 is imported, so this holds before any download.
+    Errors name the params entry as `where`.
+    """
+    published = PUBLISHED.get(cfg.sha1.lower())
+    if published is not None and cfg.num_heads != published[1]:
+        name, heads = published
+        raise UserError(
+            f"{where}.num_heads: {cfg.num_heads}, but sha1 {cfg.sha1} is d2l's {name}, which "
+            f"has {heads} heads; set num_heads: {heads}"
+        )
 
 
 def load(
