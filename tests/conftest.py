@@ -29,6 +29,9 @@ the server stops), so a client that would wait for ever fails its test instead o
 
 `fake`: writers of small, learnable stage outputs in the real formats (make_examples and
 make_snli folders, a BERT checkpoint) and a reader of DVCLive curves; see `Fakes`.
+
+`training_params` (imported by the training tests): the model and training sections of
+params.yaml for the tiny model, with the README's training controls on.
 """
 
 from __future__ import annotations
@@ -355,6 +358,23 @@ def write_bert(path: Path, cfg: config.ModelConfig = TINY, sha: str = SHA) -> Pa
     model = BERTModel(VOCAB, cfg)
     artifacts.save_checkpoint(path, model.state_dict(), checkpoints.bert_meta(cfg, VOCAB, sha))
     return path
+
+
+# The README's training controls: warm-up, linear decay, AdamW's weight decay and clipping.
+CONTROLS = {"warmup_fraction": 0.1, "lr_schedule": "linear", "weight_decay": 0.01,
+            "grad_clip": 1.0}  # fmt: skip
+
+
+def training_params(pretrain_steps: int, finetune_epochs: int, dropout: float = 0.1) -> dict:
+    """params.yaml's model and training sections for the tiny model, controls on."""
+    return {
+        "model": {"num_hiddens": 24, "ffn_num_hiddens": 48, "num_heads": 2, "num_blks": 2,
+                  "dropout": dropout, "max_position": 40},
+        "pretrain": {"batch_size": 64, "lr": 0.01, "num_steps": pretrain_steps, "seed": 0,
+                     **CONTROLS},
+        "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": finetune_epochs, "seed": 0,
+                     "pretrained": "pretrain", **CONTROLS},
+    }  # fmt: skip
 
 
 def read_curve(live: Path, name: str) -> np.ndarray:

@@ -83,7 +83,8 @@ def test_exact_sum_gives_the_same_bits_at_1_and_2_threads():
     """PyTorch's CPU sum of more than 32,768 numbers into one rounds by thread; exact_sum not."""
     x = torch.randn(100_003, generator=torch.Generator().manual_seed(0)) * 1e3
     torch.set_num_threads(1)  # the one_thread fixture restores its own count
-    one = losses.exact_sum(x)
+    one, plain_one = losses.exact_sum(x), x.sum()
     torch.set_num_threads(2)
+    assert not torch.equal(x.sum(), plain_one)  # the control: PyTorch's sum splits by thread
     assert torch.equal(losses.exact_sum(x), one)
     assert losses.exact_sum(x).item() == pytest.approx(x.double().sum().item(), rel=1e-5)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import training_params
 
 from bertpipe import config
 from bertpipe.resume import Resume, TrainState
@@ -33,15 +34,7 @@ EVERY = 2  # --checkpoint-every
 WALL_CLOCK = {"pairs_per_sec", "examples_per_sec", "train_seconds", "threads_mean"}  # speed: differ
 SAVED = re.compile(r"saved a resume checkpoint at step (\d+)")
 RESUMED = re.compile(r"resuming from step (\d+)")
-D2L_OPTIMISER = {"warmup_fraction": 0.0, "lr_schedule": "constant", "weight_decay": 0.0,
-                 "grad_clip": 0.0}  # fmt: skip
-PARAMS = {
-    "model": {"num_hiddens": 24, "ffn_num_hiddens": 48, "num_heads": 2, "num_blks": 2,
-              "dropout": 0.1, "max_position": 40},
-    "pretrain": {"batch_size": 64, "lr": 0.01, "num_steps": 120, "seed": 0, **D2L_OPTIMISER},
-    "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": 4, "seed": 0,
-                 "pretrained": "pretrain", **D2L_OPTIMISER},
-}  # fmt: skip
+PARAMS = training_params(pretrain_steps=120, finetune_epochs=4)  # dropout on, controls on
 TRAIN_PAIRS = 900  # 29 fine-tuning steps per epoch (28 of 32 pairs, then 4)
 STEPS_PER_EPOCH = -(-TRAIN_PAIRS // PARAMS["finetune"]["batch_size"])
 # Kill steps, drawn once from a seeded generator: pretraining in its first third, fine-tuning in

@@ -1,7 +1,11 @@
-"""runtime.Threads: fixed counts, and auto following the cores other processes leave free."""
+"""runtime.Threads: fixed counts, auto following the cores other processes leave free, and
+matmuls whose bits do not depend on the thread count."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -54,3 +58,36 @@ def test_auto_takes_two_threads_on_free_cores(monkeypatch):
         if torch.get_num_threads() == 2:
             break
     assert torch.get_num_threads() == 2
+
+
+MATMULS = """
+import sys, torch
+g = torch.Generator().manual_seed(0)
+shapes = [(m, k, n) for m in (33, 300, 1000) for k in (64, 256, 2048) for n in (128, 4096)]
+pairs = [(torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)) for m, k, n in shapes]
+torch.set_num_threads(1)
+one = [a @ b for a, b in pairs]
+differ = 0
+for threads in (2, 4):
+    torch.set_num_threads(threads)
+    differ += sum(not torch.equal(a @ b, o) for (a, b), o in zip(pairs, one))
+print(differ)
+"""
+
+
+def matmuls_that_differ_by_thread_count(env: dict[str, str], first: str) -> int:
+    """How many of 36 (shape, thread count) matmuls at 2 and 4 threads differ from 1 thread,
+    in a fresh process (MKL reads its settings once) that runs `first` before them."""
+    code = first + MATMULS
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return int(run.stdout)
+
+
+def test_matmuls_give_the_same_bits_at_any_thread_count_once_bertpipe_is_imported():
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    assert matmuls_that_differ_by_thread_count(env, "import bertpipe") == 0
+    # the control: MKL's default summation order, which on some CPUs depends on the count
+    plain = matmuls_that_differ_by_thread_count({**env, "MKL_CBWR": "AUTO"}, "")
+    if plain == 0:
+        pytest.skip("this CPU's MKL sums in the same order at 1, 2 and 4 threads anyway")

@@ -12,21 +12,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import training_params
 
 from bertpipe import artifacts, batches, checkpoints, config, finetune, pretrain, runtime
 from bertpipe.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-D2L_OPTIMISER = {"warmup_fraction": 0.0, "lr_schedule": "constant", "weight_decay": 0.0,
-                 "grad_clip": 0.0}  # fmt: skip
-PARAMS = {
-    "model": {"num_hiddens": 24, "ffn_num_hiddens": 48, "num_heads": 2, "num_blks": 2,
-              "dropout": 0.1, "max_position": 40},
-    "pretrain": {"batch_size": 64, "lr": 0.01, "num_steps": 12, "seed": 0, **D2L_OPTIMISER},
-    "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": 2, "seed": 0,
-                 "pretrained": "pretrain", **D2L_OPTIMISER},
-    "evaluate": {"batch_size": 16, "split": "dev"},
-}  # fmt: skip
+# 12 pretraining steps, 2 fine-tuning epochs, the README's training controls on
+PARAMS = {**training_params(pretrain_steps=12, finetune_epochs=2),
+          "evaluate": {"batch_size": 16, "split": "dev"}}  # fmt: skip
 
 
 @pytest.fixture

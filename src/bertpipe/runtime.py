@@ -53,10 +53,10 @@ class Threads:
     thread while other processes keep a core busy, 2 otherwise, re-read between training
     steps. PyTorch's OpenMP threads spin-wait for each other after every parallel op: beside one
     other busy process, a 2-thread training step ran 2.8x slower than a 1-thread one
-    (BENCHMARKS.md). Training gives the same bits at 1 and 2 threads (model.py; MKL splits a
-    matmul between 2 threads without changing its rounding, tested on 268 random shapes), so
-    the switch changes no output. At 3 or more threads MKL's matmuls round differently from 1
-    thread (27 of those shapes), so with more threads auto keeps the count fixed.
+    (BENCHMARKS.md). On a CPU, training gives the same bits at any thread count (kernels.py
+    fixes the order of the reductions PyTorch splits by thread; `bertpipe/__init__` puts MKL's
+    matmuls in strict reproducible mode), so the switch changes no output. With more than 2
+    threads to use, auto keeps their count fixed: the 1-or-2 rule is what was measured.
 
     Other processes' load is the busy time /proc/stat counts on our cores minus our own CPU
     time, over at least WINDOW seconds.
@@ -137,7 +137,8 @@ CPU = Runtime(torch.device("cpu"), compile=False, workers=0)  # one process, eag
 
 def add_speed_args(parser: Any, training: bool = True) -> None:
     """--device, --threads, --workers (and for training --compile, --checkpoint-every): flags
-    with env defaults, not params: they change how fast a stage runs, never what it computes."""
+    with env defaults, not params: on a CPU they change how fast a stage runs, never what it
+    computes (on CUDA, see the README's "Same params, same model")."""
     env = os.environ.get
     parser.add_argument(
         "--device",
@@ -150,7 +151,8 @@ def add_speed_args(parser: Any, training: bool = True) -> None:
         default=env("BERTPIPE_THREADS", "auto"),
         help="CPU threads: a count, or auto = with 2 threads to use ($OMP_NUM_THREADS or the "
         "usable cores), 1 while other processes keep a core busy and 2 otherwise, re-read "
-        "between steps (with more, their count); results are the same at 1 and 2 threads "
+        "between steps (with more, their count); on a CPU the results are the same bits at any "
+        "count "
         "(default: $BERTPIPE_THREADS or auto)",
     )
     parser.add_argument(
