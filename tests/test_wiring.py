@@ -43,9 +43,17 @@ PIPELINE = yaml.safe_load(resolve((REPO / "dvc.yaml").read_text(encoding="utf-8"
 STAGES = {name: stage.get("do", stage) for name, stage in PIPELINE["stages"].items()}
 
 
+def split_cmd(cmd: str) -> tuple[list[str], str, list[str]]:
+    """(launcher, script, arguments) of a stage's command: `python stages/<script>.py ...`, or
+    the same script under `torchrun [its options]`, as the README's "Scaling out" advises."""
+    words = cmd.split()
+    at = next(i for i, word in enumerate(words) if re.fullmatch(r"stages/\w+\.py", word))
+    return words[:at], words[at], words[at + 1 :]
+
+
 def script(name: str) -> Path:
-    """The stage script that stage `name` runs: `python stages/<script>.py ...`."""
-    return REPO / STAGES[name]["cmd"].split()[1]
+    """The stage script that stage `name` runs."""
+    return REPO / split_cmd(STAGES[name]["cmd"])[1]
 
 
 def name_arg(name: str) -> str | None:
@@ -108,11 +116,29 @@ def covers(general: str, specific: str) -> bool:
 def test_stage_runs_its_own_script_or_a_shared_one_by_name(name):
     """`python stages/<name>.py`, or a script that no stage is named after, shared by stages
     that differ only in params, told by `--name <name>` which one it runs."""
-    cmd = STAGES[name]["cmd"].split()
-    assert cmd[0] == "python" and re.fullmatch(r"stages/\w+\.py", cmd[1])
+    assert_launches_its_script(name, STAGES[name]["cmd"])
+
+
+def assert_launches_its_script(name: str, cmd: str) -> None:
+    launcher, path, _ = split_cmd(cmd)
+    assert launcher == ["python"] or launcher[:1] == ["torchrun"]
     shared = script(name).stem not in STAGES and name_arg(name) == name
-    assert cmd[1] == f"stages/{name}.py" or shared
-    assert cmd[1] in names(STAGES[name]["deps"])
+    assert path == f"stages/{name}.py" or shared
+    assert path in names(STAGES[name]["deps"])
+
+
+@pytest.mark.parametrize("name", ["pretrain", "finetune"])
+def test_the_readmes_torchrun_advice_keeps_a_stage_wired(name):
+    """The README tells multi-GPU users to edit a training stage's `cmd`: the edited stage
+    must still pass every rule here that reads the command."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    advice = r"change the stage's `cmd` in `dvc.yaml` from\s+`([^`]+)` to\s+`([^`]+)`"
+    old, new = re.search(advice, readme).groups()
+    cmd = STAGES[name]["cmd"]
+    edited = cmd.replace(old.replace("pretrain", name), new.replace("pretrain", name))
+    assert edited != cmd and split_cmd(edited)[0][0] == "torchrun"
+    assert split_cmd(edited)[1:] == split_cmd(cmd)[1:]  # the same script and arguments
+    assert_launches_its_script(name, edited)
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -133,8 +159,7 @@ def test_params_are_whole_known_sections_and_match_the_docstring(name):
 def test_command_line_paths_are_deps_or_outs(name):
     stage = STAGES[name]
     declared = set(names(stage["deps"])) | set(outputs(stage))
-    cmd = stage["cmd"].split()[2:]
-    pairs = itertools.pairwise(cmd)
+    pairs = itertools.pairwise(split_cmd(stage["cmd"])[2])
     paths = [value for flag, value in pairs if flag.startswith("--") and "/" in value]
     assert paths and set(paths) <= declared
     for label, declared in (("Reads", names(stage["deps"])), ("Writes", outputs(stage))):
