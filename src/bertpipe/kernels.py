@@ -10,12 +10,12 @@ of the padded forward, because padding is never a key.
 Dropout: on CPU, `dropout` draws 16 random bits per element, a quarter of the random numbers
 PyTorch's sampler draws there.
 
-Same numbers at 1 and 2 threads: on CPU, training's results do not depend on whether one or
-two threads run it (so the thread count can follow the cores that are free, see
-runtime.Threads). Two of PyTorch's CPU kernels sum in an order that does: LayerNorm's weight and
-bias gradients (one partial sum per thread) and the softmax backward. `LayerNorm` and `softmax`
-below compute those with reductions whose order is fixed. (At 3 or more threads MKL's matmuls
-round differently.)
+Same numbers at any thread count: on CPU, training's results do not depend on how many threads
+run it (so the thread count can follow the cores that are free, see runtime.Threads). Two of
+PyTorch's CPU kernels sum in an order that does: LayerNorm's weight and bias gradients (one
+partial sum per thread) and the softmax backward. `LayerNorm` and `softmax` below compute those
+with reductions whose order is fixed. (MKL's matmuls are held to one order by its strict
+reproducible mode, which `bertpipe/__init__` sets.)
 """
 
 from __future__ import annotations
