@@ -82,9 +82,6 @@ class Vocab:
         lookup = map(self._index.get, tokens, itertools.repeat(self.unk_id))
         return np.fromiter(lookup, dtype=np.int64, count=count)
 
-    def to_tokens(self, ids: Iterable[int]) -> list[str]:
-        return [self.tokens[i] for i in ids]
-
     def to_bytes(self) -> bytes:
         """The canonical `vocab.json` bytes: one token per line, UTF-8, final newline."""
         return (json.dumps(self.tokens, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
