@@ -121,7 +121,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_b.mul_(grad_loss), None, None, None)  # fmt: skip
 
 
-@torch.compiler.disable  # eager even when the objective is compiled (in-place autograd.Function)
 def linear_cross_entropy(
     x: Tensor, layer: nn.Linear, labels: Tensor, weights: Tensor, total: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:

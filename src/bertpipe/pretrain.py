@@ -39,9 +39,14 @@ class PretrainObjective(nn.Module):
     whose state_dict is saved.
     """
 
-    def __init__(self, bert: BERTModel):
+    def __init__(self, bert: BERTModel, compiled: bool = False):
         super().__init__()
         self.bert = bert
+        # Under torch.compile the fused MLM loss runs eagerly: its autograd.Function works in
+        # place. Only then: torch.compiler.disable imports dynamo, a second of every start.
+        self.mlm_loss = (
+            torch.compiler.disable(linear_cross_entropy) if compiled else linear_cross_entropy
+        )
 
     def forward(self, b: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """This rank's share of the MLM loss and accuracy, and the NSP logits (B, 2)."""
@@ -49,7 +54,7 @@ class PretrainObjective(nn.Module):
         X = bert.encoder.forward_packed(b["tokens"], b["segments"], b["packing"])  # (N, H)
         nsp_logits = bert.nsp(bert.hidden(X[b["cls_rows"]]))  # (B, 2)
         features = bert.mlm.transform(X[b["slot_rows"]])  # (S, H)
-        mlm, mlm_acc = linear_cross_entropy(
+        mlm, mlm_acc = self.mlm_loss(
             features, bert.mlm.decoder, b["slot_labels"], b["slot_weights"], b["num_slots"]
         )
         return mlm, mlm_acc, nsp_logits
@@ -75,8 +80,8 @@ def pretrain(model: BERTModel, examples: Arrays, cfg: config.PretrainConfig, rt:
     plan = pretraining_plan(len(examples["nsp_labels"]), cfg.batch_size, cfg.num_steps, gen)
     torch.manual_seed(cfg.seed + rt.rank)  # dropout: reproducible, different on every rank
     model.train()
-    trainer = Trainer(model, prepare(PretrainObjective(model), rt), cfg, len(plan), rt, live,
-                      CURVES, resume)  # fmt: skip
+    objective = prepare(PretrainObjective(model, rt.compile), rt)
+    trainer = Trainer(model, objective, cfg, len(plan), rt, live, CURVES, resume)
     log.info("pretraining: %d steps of %d pairs on %s", len(plan), cfg.batch_size, rt.device)
     steps = trainer.run(step, examples, plan, collate_examples, 0, "pretrain")  # (num_steps, 4)
     mean, last = steps.mean(axis=0), steps[-1]
