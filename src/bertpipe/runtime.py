@@ -89,7 +89,7 @@ class Threads:
             now = self._sample()
             wall = now[0] - self._since[0]
             others = ((now[1] - self._since[1]) - (now[2] - self._since[2])) / wall  # cores
-            count = 2 if len(self.cpus) - others >= 1.5 else 1
+            count = self.count_for(others, len(self.cpus))
             if count != torch.get_num_threads():
                 log.info("other processes keep %.1f of %d cores busy: %d threads",
                          others, len(self.cpus), count)  # fmt: skip
@@ -97,6 +97,11 @@ class Threads:
             self._since = now
         self.steps += 1
         self.thread_steps += torch.get_num_threads()
+
+    @staticmethod
+    def count_for(others: float, cores: int) -> int:
+        """auto's choice: 2 threads while 1.5 of our cores or more are free of others' work."""
+        return 2 if cores - others >= 1.5 else 1
 
     def knobs(self) -> dict[str, Any]:
         mean = self.thread_steps / self.steps if self.steps else torch.get_num_threads()
