@@ -54,7 +54,7 @@ def test_auto_takes_two_threads_while_others_leave_one_and_a_half_cores_free(oth
 MATMULS = """
 import sys, torch
 g = torch.Generator().manual_seed(0)
-shapes = [(m, k, n) for m in (33, 300, 1000) for k in (64, 256, 2048) for n in (128, 4096)]
+shapes = [(m, k, n) for m in (33, 300) for k in (256, 1024, 2048) for n in (128, 512)]
 pairs = [(torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)) for m, k, n in shapes]
 torch.set_num_threads(1)
 one = [a @ b for a, b in pairs]
@@ -67,7 +67,7 @@ print(differ)
 
 
 def matmuls_that_differ_by_thread_count(env: dict[str, str], first: str) -> int:
-    """How many of 36 (shape, thread count) matmuls at 2 and 4 threads differ from 1 thread,
+    """How many of 24 (shape, thread count) matmuls at 2 and 4 threads differ from 1 thread,
     in a fresh process (MKL reads its settings once) that runs `first` before them."""
     code = first + MATMULS
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
