@@ -3,7 +3,8 @@
 Reads:  --pretrained (data/pretrain/model.safetensors, or data/d2l_bert/<name>/ as
         finetune.pretrained says), --snli (data/make_snli/)
 Writes: --out (data/finetune/model.safetensors), --metrics (metrics/finetune.json),
-        --live (metrics/finetune_live/: DVCLive curves under plots/metrics/, x = step)
+        --live (metrics/finetune_live/: DVCLive curves under plots/metrics/, x = step);
+        the dev and test accuracies after every epoch (dev only if make_snli wrote one)
 Params: finetune (the model's shape and dropout come from the checkpoint)
 
 Speed knobs (not params): --device, --threads, --workers, --compile, --checkpoint-every. Launch with
@@ -26,6 +27,14 @@ from bertpipe.resume import Resume, fingerprint
 log = logging.getLogger(__name__)
 
 
+def held_out_splits(folder: str, splits: list[str]) -> dict[str, batches.Arrays]:
+    """Dev (to compare configurations by) and test (d2l's figure); make_snli's dev is optional."""
+    if "dev" not in splits:
+        log.warning("%s has no dev split: only the test accuracy is reported", folder)
+        return {"test": batches.load_snli_split(folder, "test")}
+    return {s: batches.load_snli_split(folder, s) for s in ("dev", "test")}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--pretrained", required=True, help="pretrain checkpoint (.safetensors)")
@@ -40,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     bert, bert_meta = checkpoints.load_bert(args.pretrained)
     checkpoints.check_snli_fits(snli_meta, args.snli, bert_meta, args.pretrained)
     train = batches.load_snli_split(args.snli, "train")
-    test = batches.load_snli_split(args.snli, "test")
+    held_out = held_out_splits(args.snli, snli_meta["splits"])
     labels = snli_meta["labels"]
     inputs = [args.pretrained, args.snli, __file__]
     resume = Resume.beside(
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
         model = BERTClassifier(bert, num_classes=len(labels))
         with curves.curves(args.live, rt) as live:
-            metrics = finetune(model, train, test, cfg, rt, live, resume)
+            metrics = finetune(model, train, held_out, cfg, rt, live, resume)
         if not rt.is_main:
             return
         with artifacts.atomic_dir(args.out) as out:

@@ -94,7 +94,8 @@ def test_learning_happens(workspace):
 def test_plots_come_from_the_training_curves(workspace):
     shown = json.loads(scratch.dvc(workspace, "plots", "show", "--json", capture=True))["data"]
     assert "metrics/pretrain_live/plots/metrics/train/mlm_loss.tsv" in shown
-    assert "metrics/finetune_live/plots/metrics/epoch/test_accuracy.tsv" in shown
+    for split in ("dev", "test"):
+        assert f"metrics/finetune_live/plots/metrics/epoch/{split}_accuracy.tsv" in shown
     (confusion,) = shown["confusion"]
     values = confusion["content"]["data"]["values"]
     assert {"actual", "predicted"} <= set(values[0])

@@ -53,7 +53,7 @@ def inputs(tmp_path_factory, fake) -> Path:
     folder = tmp_path_factory.mktemp("inputs")
     fake.examples(folder / "make_examples", n=200)
     fake.vocab(folder / "vocab.json")
-    fake.snli(folder / "make_snli", {"train": TRAIN_PAIRS, "test": 60})
+    fake.snli(folder / "make_snli", {"train": TRAIN_PAIRS, "test": 60, "dev": 60})
     bert = config.ModelConfig(**PARAMS["model"])
     fake.bert(folder / "bert.safetensors", cfg=bert)
     return folder
@@ -165,6 +165,7 @@ def test_a_run_killed_mid_training_resumes_to_the_bytes_of_an_uninterrupted_one(
     assert kill_at <= step < total and step % EVERY == 0
     if stage == "finetune":
         assert step > STEPS_PER_EPOCH  # the first epoch's results come from the checkpoint
+        assert "plots/metrics/epoch/dev_accuracy.tsv" in uninterrupted[stage]["live"]
 
     log = run_to_end(stage, inputs, run)
     assert [int(k) for k in RESUMED.findall(log)] == [step], log[-3000:]

@@ -69,9 +69,12 @@ def test_pretrain_finetune_evaluate_stages_end_to_end(work, stage, fake):
     )
     assert {k.split(".")[0] for k in classifier.state_dict()} == {"encoder", "hidden", "output"}
     finetune = artifacts.read_json(work / "metrics/finetune.json")
-    assert {"loss", "train_accuracy", "test_accuracy", "examples_per_sec"} <= set(finetune)
-    epochs = fake.curve(work / "metrics/finetune_live", "epoch/test_accuracy")
-    assert epochs[:, 0].tolist() == [7, 14]  # x = optimiser step at each epoch's end
+    assert {"loss", "train_accuracy", "dev_accuracy", "test_accuracy",
+            "examples_per_sec"} <= set(finetune)  # fmt: skip
+    for split in ("dev", "test"):
+        epochs = fake.curve(work / "metrics/finetune_live", f"epoch/{split}_accuracy")
+        assert epochs[:, 0].tolist() == [7, 14]  # x = optimiser step at each epoch's end
+        assert epochs[-1, 1] == finetune[f"{split}_accuracy"]  # the metrics: the last epoch's
 
     stage("evaluate").main([
         "--model", str(work / "data/finetune/model.safetensors"),
@@ -85,6 +88,7 @@ def test_pretrain_finetune_evaluate_stages_end_to_end(work, stage, fake):
     assert {r["actual"] for r in rows} | {r["predicted"] for r in rows} <= set(fake.LABELS)
     hits = sum(r["actual"] == r["predicted"] for r in rows)
     assert report["accuracy"] == pytest.approx(hits / 30)
+    assert report["accuracy"] == pytest.approx(finetune["dev_accuracy"], abs=1e-4)  # same split
     assert set(report["per_class"]) == set(fake.LABELS) and len(report["confusion_matrix"]) == 3
     assert {"precision", "recall", "f1", "support"} <= set(report["per_class"]["neutral"])
     actual = [fake.LABELS.index(r["actual"]) for r in rows]
@@ -221,7 +225,8 @@ def test_two_gloo_processes_train_as_one_process_does(tmp_path, monkeypatch, sta
     for root in (one, two):
         fake.examples(root / "data/make_examples", n=129)  # batches of 64, 64, 1: three epochs
         fake.vocab(root / "vocab.json")
-        fake.snli(root / "data/make_snli", {"train": 97, "test": 40})  # 32, 32, 32, 1 per epoch
+        # train: 32, 32, 32, 1 per epoch; dev: 32, 1 (rank 1 stands in for the last pair)
+        fake.snli(root / "data/make_snli", {"train": 97, "test": 40, "dev": 33})
         (root / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(one)
 
@@ -235,7 +240,7 @@ def test_two_gloo_processes_train_as_one_process_does(tmp_path, monkeypatch, sta
     log = torchrun(two, "finetune.py", finetune_args(two, bert))
     assert log.count("wrote ") == 1
     assert artifacts.read_json(two / "metrics/finetune.json")["num_steps"] == 2 * 4
-    epochs = [f"epoch/{k}" for k in ("loss", "train_accuracy", "test_accuracy")]
+    epochs = [f"epoch/{k}" for k in ("loss", "train_accuracy", "dev_accuracy", "test_accuracy")]
     assert_same_training(one, two, "finetune", [*finetune.CURVES, *epochs], fake)
     checkpoints.load_classifier(two / "data/finetune/model.safetensors")
     assert sorted(p.name for p in (two / "data").iterdir()) == [

@@ -1,10 +1,13 @@
 """The finetune stage's logic: d2l's `train_ch13` for the SNLI classifier.
 
 Per epoch: one pass over the training pairs in length-bucketed batches (shuffled by a seeded
-generator), then the accuracy on the test split. The metrics are the last epoch's, as d2l prints
-them: the mean loss per example and the accuracy of the training forward passes (dropout on,
-weights changing), and the test accuracy. The gradient is that of the batch mean (d2l
-back-propagates the batch sum; Adam is invariant to the scale apart from its eps).
+generator), then the accuracy on each held-out split: dev, the split to compare configurations
+by, and test, the one d2l reports. The metrics are the last epoch's, as d2l prints them: the
+mean loss per example and the accuracy of the training forward passes (dropout on, weights
+changing), and the held-out accuracies. Evaluating draws no random numbers (eval mode, batches
+sorted by length), so the trained weights are the same with or without a dev split. The
+gradient is that of the batch mean (d2l back-propagates the batch sum; Adam is invariant to the
+scale apart from its eps).
 """
 
 from __future__ import annotations
@@ -43,16 +46,27 @@ def step(net: nn.Module, b: Batch, rt: Runtime) -> tuple[Tensor, Tensor]:
     return loss * rt.world_size, torch.stack([loss, accuracy])
 
 
+def accuracies(
+    model: nn.Module, held_out: dict[str, Arrays], batch_size: int, rt: Runtime
+) -> dict[str, float]:
+    """`<name>_accuracy` of every held-out split, rounded as the metrics are."""
+    return {
+        f"{name}_accuracy": round(evaluate_accuracy(model, arrays, batch_size, rt), 4)
+        for name, arrays in held_out.items()
+    }
+
+
 def finetune(
     model: BERTClassifier,
     train: Arrays,
-    test: Arrays,
+    held_out: dict[str, Arrays],
     cfg: config.FinetuneConfig,
     rt: Runtime,
     live: Any = None,
     resume: Resume | None = None,
 ) -> dict[str, Any]:
-    """d2l's train_ch13 on length-bucketed batches; test accuracy after every epoch."""
+    """d2l's train_ch13 on length-bucketed batches; after every epoch, `<name>_accuracy` on
+    each split of `held_out` (name -> arrays: dev and test)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed + rt.rank)  # dropout: reproducible, different on every rank
     lengths = snli_lengths(train)
@@ -60,8 +74,9 @@ def finetune(
     plans = [length_buckets(lengths, cfg.batch_size, gen) for _ in range(cfg.num_epochs)]
     total = sum(map(len, plans))
     trainer = Trainer(model, prepare(model, rt), cfg, total, rt, live, CURVES, resume)
-    log.info("fine-tuning: %d epochs over %d pairs, batches of %d, test on %d pairs",
-             cfg.num_epochs, len(lengths), cfg.batch_size, len(test["labels"]))  # fmt: skip
+    evaluated = ", ".join(f"{name} ({len(a['labels'])} pairs)" for name, a in held_out.items())
+    log.info("fine-tuning: %d epochs over %d pairs, batches of %d; accuracy on %s",
+             cfg.num_epochs, len(lengths), cfg.batch_size, evaluated)  # fmt: skip
     first = 0
     for epoch, plan in enumerate(plans, start=1):
         model.train()
@@ -73,7 +88,7 @@ def finetune(
             result = {
                 "loss": round(float(steps[:, 0] @ sizes / sizes.sum()), 4),  # mean per example
                 "train_accuracy": round(float(steps[:, 1] @ sizes / sizes.sum()), 4),
-                "test_accuracy": round(evaluate_accuracy(model, test, cfg.batch_size, rt), 4),
+                **accuracies(model, held_out, cfg.batch_size, rt),
             }
             trainer.log_epoch(result)
             log.info("epoch %d: %s", epoch, result)

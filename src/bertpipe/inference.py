@@ -1,6 +1,6 @@
 """The classifier's inference over make_snli arrays: accuracy, class probabilities, predictions.
 
-Used by finetune (the test accuracy after every epoch), the evaluate stage and `bertpipe
+Used by finetune (the dev and test accuracies after every epoch), the evaluate stage and `bertpipe
 predict`. Batches are sorted by length (least padding) and the model runs in eval mode (no
 dropout), so the predictions are a function of the weights and the data only. Under torchrun the
 ranks share every batch and agree on the accuracy with one all-reduce.
