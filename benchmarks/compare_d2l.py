@@ -88,7 +88,7 @@ def prepare_data(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
     wiki, snli = args.wiki, args.snli_file
     if wiki is None:
         wiki = tmp / "wiki.train.tokens"
-        wiki.write_bytes(real_data.wiki_members(args.shared, args.wiki_repeat)[wiki.name])
+        wiki.write_bytes(real_data.wiki_valid_and_test(args.shared) * args.wiki_repeat)
     if snli is None:
         header, *rows = (
             (args.shared / "snli_1.0" / "snli_1.0_dev.txt").read_bytes().splitlines(True)

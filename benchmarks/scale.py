@@ -46,7 +46,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
     vocab = tmp / "vocab.json"
     for repeat in args.wiki_repeats:
         wiki = tmp / f"wiki{repeat}.tokens"
-        wiki.write_bytes(real_data.wiki_members(args.shared, repeat)["wiki.train.tokens"])
+        wiki.write_bytes(real_data.wiki_valid_and_test(args.shared) * repeat)
         if repeat == args.wiki_repeats[0]:
             run_json([*ours, "vocab", "--wiki", str(wiki), "--out", str(vocab)], env)
         fast = run_json([*ours, "examples", "--wiki", str(wiki)], env)
