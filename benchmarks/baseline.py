@@ -3,8 +3,8 @@
     python benchmarks/baseline.py shared [--shared ../shared/data] [--snli-repeat K]
     python benchmarks/baseline.py zipf [--pairs 550000] [--words 36000] [--seed 0]
 
-`shared`: train = the first 80% of SNLI dev repeated K times, test = the last 20% (the split
-of `real_data.py`, so K = 1 is README's results split and K = 70 the full-size rehearsal's).
+`shared`: `real_data.py`'s split of SNLI dev, its train part repeated K times (K = 1 is
+README's results split; K = 80, 550,960 pairs, is SNLI's training size).
 `zipf`: generated pairs whose words follow Zipf's law over a vocabulary of `--words` words
 (premises of 6-20 words; hypotheses drawn from a stretch of the premise plus new words, with a
 negation in some contradictions), so that the features number hundreds of thousands, as on

@@ -148,9 +148,10 @@ def test_l2_is_the_penalty_on_the_mean_cross_entropy():
     p /= p.sum(1, keepdims=True)
     p[np.arange(len(y)), y] -= 1  # d(cross-entropy)/d(logits)
     grad_w, grad_b = (X.T @ p).T / len(y), p.mean(0)
-    assert np.abs(grad_w + 3e-3 * model.coef_).max() < 1e-5
-    assert np.abs(grad_b).max() < 1e-5
-    assert np.abs(grad_w + 6e-3 * model.coef_).max() > 1e-3
+    # the solver stops once no gradient entry exceeds baseline.TOLERANCE (1e-5)
+    assert np.abs(grad_w + 3e-3 * model.coef_).max() < 3 * baseline.TOLERANCE
+    assert np.abs(grad_b).max() < 3 * baseline.TOLERANCE
+    assert np.abs(grad_w + 6e-3 * model.coef_).max() > 100 * baseline.TOLERANCE
 
 
 def test_memory_grows_with_the_non_zero_entries_not_pairs_times_features():

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 NEGATIONS = ("no", "not", "n't", "never", "nobody", "nothing", "none", "nowhere", "cannot",
              "neither")  # fmt: skip
 NUM_DENSE = 13
-TOLERANCE = 1e-6  # L-BFGS stops when no gradient entry exceeds this (mean-loss scale)
+TOLERANCE = 1e-5  # L-BFGS stops when no gradient entry exceeds this (mean-loss scale)
 MAX_ITER = 2000
 
 
