@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertpipe import make_examples
+from bertpipe import make_examples, wikitext
 from bertpipe.config import MakeExamplesConfig
 from bertpipe.errors import UserError
 from bertpipe.vocab import SPECIALS, Vocab
@@ -300,8 +301,8 @@ def test_special_ids_come_from_the_vocabulary():
 # ---- the two stages end to end, on a generated WikiText-like file -------------------------
 
 
-def write_wikitext(path: Path, paragraphs: int = 301) -> None:
-    rng = np.random.default_rng(0)
+def write_wikitext(path: Path, paragraphs: int = 301, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
     words = [f"w{i}" for i in range(41)] + ["<unk>", "Cap", "@-@"]
     lines = [" \n", " = Title = \n", " \n"]
     for _ in range(paragraphs):
@@ -322,16 +323,22 @@ def write_params(path: Path, max_len=37, seed=0, mask_rate=0.15) -> Path:
     return path
 
 
+def tokenize(stage: Callable, root: Path, name: str, valid_seed: int = 1) -> Path:
+    """The tokenize stage on a generated training text, and a held-out text drawn from
+    `valid_seed`; returns its output folder."""
+    write_wikitext(root / "wiki.train.tokens")
+    write_wikitext(root / f"{name}.valid.tokens", paragraphs=41, seed=valid_seed)
+    stage("tokenize_wikitext").main(
+        ["--params", str(write_params(root / "params.yaml")),
+         "--tokens", str(root / "wiki.train.tokens"), "--valid", str(root / f"{name}.valid.tokens"),
+         "--out", str(root / name), "--metrics", str(root / f"{name}.json")]
+    )  # fmt: skip
+    return root / name
+
+
 @pytest.fixture(scope="module")
 def tokenized(tmp_path_factory, stage) -> Path:
-    root = tmp_path_factory.mktemp("tok")
-    write_wikitext(root / "wiki.train.tokens")
-    params = write_params(root / "params.yaml")
-    stage("tokenize_wikitext").main(
-        ["--params", str(params), "--tokens", str(root / "wiki.train.tokens"),
-         "--out", str(root / "tokenize_wikitext"), "--metrics", str(root / "tok.json")]
-    )  # fmt: skip
-    return root / "tokenize_wikitext"
+    return tokenize(stage, tmp_path_factory.mktemp("tok"), "tokenize_wikitext")
 
 
 def run_make_examples(
@@ -342,7 +349,7 @@ def run_make_examples(
         ["--params", str(write_params(tmp_path / f"{name}.yaml", **params)),
          "--corpus", str(corpus), "--out", str(out), "--metrics", str(metrics)]
     )  # fmt: skip
-    files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.*"))}
     return files | {"metrics": metrics.read_bytes()}
 
 
@@ -350,9 +357,11 @@ def test_stage_outputs_are_byte_identical_per_seed(tmp_path, tokenized, stage):
     one = run_make_examples(stage, tmp_path, tokenized, "one")
     two = run_make_examples(stage, tmp_path, tokenized, "two")
     other = run_make_examples(stage, tmp_path, tokenized, "other", seed=1)
-    assert set(one) == {f"{k}.npy" for k in [*ARRAYS, "nsp_labels"]} | {"meta.json", "metrics"}
+    files = {f"{k}.npy" for k in [*ARRAYS, "nsp_labels"]} | {"meta.json"}
+    assert set(one) == files | {f"valid/{f}" for f in files} | {"metrics"}
     assert one == two
     assert one["token_ids.npy"] != other["token_ids.npy"]
+    assert one["valid/token_ids.npy"] != other["valid/token_ids.npy"]
 
     meta, metrics = json.loads(one["meta.json"]), json.loads(one["metrics"])
     tok_meta = json.loads((tokenized / "meta.json").read_text())
@@ -363,12 +372,37 @@ def test_stage_outputs_are_byte_identical_per_seed(tmp_path, tokenized, stage):
                     "vocab_size": tok_meta["vocab_size"], "vocab_sha1": tok_meta["vocab_sha1"],
                     "pad_id": 1, "mask_id": 2, "cls_id": 3, "sep_id": 4,
                     "id_dtype": "uint16"}  # fmt: skip
-    assert metrics == {
-        "num_examples": n,
-        "nsp_positive_rate": pytest.approx(arrays["nsp_labels"].mean(), abs=1e-6),
-        "mean_masked_positions": pytest.approx(arrays["mlm_weights"].sum(1).mean(), abs=1e-6),
-        "mean_valid_len": pytest.approx(arrays["valid_lens"].mean(), abs=1e-6),
-    }
+    held_out = {k: np.load(tmp_path / "one/valid" / f"{k}.npy") for k in [*ARRAYS, "nsp_labels"]}
+    num_held_out = len(held_out["nsp_labels"])
+    assert json.loads(one["valid/meta.json"]) == meta | {"num_examples": num_held_out}
+    for split, got in ((metrics, arrays), (metrics["valid"], held_out)):
+        assert {k: v for k, v in split.items() if k != "valid"} == {
+            "num_examples": len(got["nsp_labels"]),
+            "nsp_positive_rate": pytest.approx(got["nsp_labels"].mean(), abs=1e-6),
+            "mean_masked_positions": pytest.approx(got["mlm_weights"].sum(1).mean(), abs=1e-6),
+            "mean_valid_len": pytest.approx(got["valid_lens"].mean(), abs=1e-6),
+        }
+
+
+def test_held_out_examples_leave_the_training_examples_as_they_were(tmp_path, tokenized, stage):
+    """The training examples are make_examples' of the training corpus alone, byte for byte,
+    whatever the held-out text; the held-out ones are made by the same rules from draws of
+    their own (the same corpus gives other examples)."""
+    other = tokenize(stage, tmp_path, "other_valid", valid_seed=2)
+    one = run_make_examples(stage, tmp_path, tokenized, "one")
+    two = run_make_examples(stage, tmp_path, other, "two")
+    for name in (f"{k}.npy" for k in [*ARRAYS, "nsp_labels"]):
+        assert one[name] == two[name], name
+        assert one[f"valid/{name}"] != two[f"valid/{name}"], name
+    vocab = Vocab.load(tokenized / "vocab.json")
+    corpus, held_out = wikitext.load(tokenized), wikitext.load(tokenized / "valid")
+    alone = make_examples.make_examples(corpus, vocab, cfg(max_len=37, seed=0))
+    made = make_examples.make_examples(held_out, vocab, cfg(max_len=37, seed=0), held_out=True)
+    for name in [*ARRAYS, "nsp_labels"]:
+        assert np.array_equal(np.load(tmp_path / "one" / f"{name}.npy"), alone[name]), name
+        assert np.array_equal(np.load(tmp_path / "one/valid" / f"{name}.npy"), made[name]), name
+    apart = make_examples.make_examples(corpus, vocab, cfg(max_len=37, seed=0), held_out=True)
+    assert not np.array_equal(apart["token_ids"], alone["token_ids"])
 
 
 def test_stage_errors_leave_no_output(tmp_path, tokenized, stage):
@@ -384,7 +418,8 @@ def test_stage_names_one_sentence_paragraphs_as_the_cause(tmp_path, stage):
     corpus.write_text(" = Title = \n" + " a short sentence . \n \n" * 50, encoding="utf-8")
     stage("tokenize_wikitext").main(
         ["--params", str(write_params(tmp_path / "params.yaml")), "--tokens", str(corpus),
-         "--out", str(tmp_path / "tok"), "--metrics", str(tmp_path / "tok.json"), "--workers=1"]
+         "--valid", str(corpus), "--out", str(tmp_path / "tok"),
+         "--metrics", str(tmp_path / "tok.json"), "--workers=1"]
     )  # fmt: skip
     with pytest.raises(UserError, match="no paragraph of the corpus has two sentences") as info:
         run_make_examples(stage, tmp_path, tmp_path / "tok", "one", max_len=64)
@@ -394,11 +429,15 @@ def test_stage_names_one_sentence_paragraphs_as_the_cause(tmp_path, stage):
 
 
 def test_stage_rejects_a_mismatched_vocabulary(tmp_path, tokenized, stage):
-    mixed = tmp_path / "mixed"
-    mixed.mkdir()
-    for f in tokenized.iterdir():
-        (mixed / f.name).write_bytes(f.read_bytes())
+    mixed = shutil.copytree(tokenized, tmp_path / "mixed")
     vocab = json.loads((mixed / "vocab.json").read_text())
     (mixed / "vocab.json").write_text(json.dumps(vocab[:-1]))
     with pytest.raises(UserError, match=r"mixed/vocab\.json: does not match meta\.json"):
         run_make_examples(stage, tmp_path, mixed, "out")
+
+    apart = shutil.copytree(tokenized, tmp_path / "apart")  # its held-out ids from another vocab
+    smaller = Vocab(vocab[:-1])
+    wikitext.save(apart / "valid", wikitext.encode([[["w1", "w2"], ["w3"]]], smaller), smaller)
+    with pytest.raises(UserError, match=r"apart/valid: not encoded with the vocabulary of"):
+        run_make_examples(stage, tmp_path, apart, "out")
+    assert not (tmp_path / "out").exists()

@@ -36,8 +36,11 @@ EXPECTED = [
 ]
 
 
-def run_stage(stage, params: Path, corpus: Path, out: Path, metrics: Path) -> None:
-    args = ["--params", params, "--tokens", corpus, "--out", out, "--metrics", metrics]
+def run_stage(stage, params: Path, corpus: Path, out: Path, metrics: Path,
+              valid: Path | None = None) -> None:  # fmt: skip
+    """The tokenize stage on `corpus`; its held-out split is `valid` (default: `corpus`)."""
+    args = ["--params", params, "--tokens", corpus, "--valid", valid or corpus, "--out", out,
+            "--metrics", metrics]  # fmt: skip
     stage.main([str(a) for a in args])
 
 
@@ -200,17 +203,12 @@ def test_stage_end_to_end_is_deterministic(tmp_path, stage):
     for run in ("one", "two"):
         out, metrics = tmp_path / run, tmp_path / f"{run}.json"
         run_stage(tokenize, params, corpus, out, metrics)
-        outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+        outputs.append({str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.*")})
         outputs[-1]["metrics"] = metrics.read_bytes()
     assert outputs[0] == outputs[1]
-    assert set(outputs[0]) == {
-        "vocab.json",
-        "token_ids.npy",
-        "sentence_offsets.npy",
-        "paragraph_offsets.npy",
-        "meta.json",
-        "metrics",
-    }
+    files = {"vocab.json", "token_ids.npy", "sentence_offsets.npy", "paragraph_offsets.npy",
+             "meta.json"}  # fmt: skip
+    assert set(outputs[0]) == {*files, *(f"valid/{f}" for f in files), "metrics"}
     metrics = json.loads(outputs[0]["metrics"])
     num_tokens = 3 * sum(len(s) for p in EXPECTED for s in p)
     assert metrics["num_paragraphs"] == 9 and metrics["num_sentences"] == 18
@@ -235,3 +233,33 @@ def test_stage_bad_corpus_leaves_no_output(tmp_path, stage):
     with pytest.raises(UserError, match=r"empty\.tokens: no line contains"):
         run_stage(tokenize, params, corpus, out, metrics)
     assert not out.exists() and not metrics.exists()
+
+
+def test_stage_encodes_the_held_out_split_with_the_training_vocabulary(tmp_path, stage):
+    """Its words the training text lacks become <unk>; the vocabulary, the training ids and
+    their metrics are the same whatever the held-out text is."""
+    corpus = tmp_path / "wiki.train.tokens"
+    corpus.write_text(TEXT * 3, encoding="utf-8")
+    valid = tmp_path / "wiki.valid.tokens"
+    valid.write_text(" Valkyria is a role . Unseen words here . \n", encoding="utf-8")
+    params = write_params(tmp_path / "params.yaml", min_freq=3)
+    run_stage(stage("tokenize_wikitext"), params, corpus, tmp_path / "out", tmp_path / "m.json",
+              valid)  # fmt: skip
+    vocab = Vocab.load(tmp_path / "out" / "vocab.json")
+    held_out = wikitext.load(tmp_path / "out" / "valid")
+    assert (tmp_path / "out/valid/vocab.json").read_bytes() == vocab.to_bytes()
+    words = ["valkyria", "is", "a", "role", "unseen", "words", "here", "."]
+    assert held_out.token_ids.tolist() == [vocab[w] for w in words]
+    assert held_out.token_ids.tolist().count(vocab.unk_id) == 3  # unseen, words, here
+    assert held_out.sentence_offsets.tolist() == [0, 4, 8]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["valid"] == {"num_paragraphs": 1, "num_sentences": 2, "num_tokens": 8,
+                                "unk_rate": 0.375}  # fmt: skip
+
+    run_stage(stage("tokenize_wikitext"), params, corpus, tmp_path / "self", tmp_path / "s.json")
+    for name in ("vocab.json", "token_ids.npy", "sentence_offsets.npy", "meta.json"):
+        assert (tmp_path / "self" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
+    again = json.loads((tmp_path / "s.json").read_text())
+    assert {k: v for k, v in again.items() if k != "valid"} == {
+        k: v for k, v in metrics.items() if k != "valid"
+    }

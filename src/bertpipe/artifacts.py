@@ -209,6 +209,10 @@ class ArrayFolder:
 
 VOCAB = ("vocab_size", "vocab_sha1", "id_dtype")  # the vocabulary the ids come from
 
+# The held-out split: a subfolder of tokenize_wikitext's output (wiki.valid.tokens, encoded with
+# the training vocabulary) and of make_examples' (its examples), each in its folder's format.
+HELD_OUT = "valid"
+
 EXAMPLES = ArrayFolder(
     "make_examples",
     arrays={

@@ -121,9 +121,11 @@ def mask_tokens(
     return tokens, positions, labels, used.astype(np.uint8)
 
 
-def make_examples(corpus: Corpus, vocab: Vocab, cfg: MakeExamplesConfig) -> dict[str, np.ndarray]:
+def make_examples(corpus: Corpus, vocab: Vocab, cfg: MakeExamplesConfig,
+                  held_out: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
     """All pretraining examples of `corpus`, as the arrays `make_examples` writes; `vocab` (the
-    corpus's) gives the special ids.
+    corpus's) gives the special ids. Held-out examples draw from a generator of their own,
+    seeded with (seed, 1), so that making them changes no draw of the training examples.
 
     Raises UserError when no paragraph has two sentences: NSP then has no pair to start from.
     """
@@ -137,7 +139,7 @@ def make_examples(corpus: Corpus, vocab: Vocab, cfg: MakeExamplesConfig) -> dict
             "a paragraph is a line, and its sentences are separated by ' . ': use a corpus "
             "with lines of several sentences, like WikiText's .tokens files"
         )
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 1] if held_out else cfg.seed)
     a, b, is_next = nsp_pairs(corpus, cfg.next_sentence_prob, rng)
     s = corpus.sentence_offsets
     fits = (s[a + 1] - s[a]) + (s[b + 1] - s[b]) + 3 <= cfg.max_len
