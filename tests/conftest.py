@@ -55,7 +55,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertpipe import artifacts, checkpoints, config
+from bertpipe import artifacts, checkpoints, config, wikitext
 from bertpipe.model import BERTModel
 from bertpipe.vocab import SPECIALS, Vocab
 
@@ -263,9 +263,18 @@ def _run(start: int, n: int) -> list[int]:
     return [int(CONTENT[(start + i) % len(CONTENT)]) for i in range(n)]
 
 
-def write_examples(folder: Path, n: int = 384, max_len: int = 20, seed: int = 0) -> Path:
-    """A learnable make_examples folder: MLM from neighbours, NSP from continuity."""
-    rng = np.random.default_rng(seed)
+def write_examples(folder: Path, n: int = 384, max_len: int = 20, seed: int = 0,
+                   held_out: int = 64) -> Path:  # fmt: skip
+    """A learnable make_examples folder: MLM from neighbours, NSP from continuity; its `valid/`
+    holds `held_out` more examples of the same kind, drawn apart."""
+    save_examples(folder, example_arrays(n, max_len, np.random.default_rng(seed)))
+    save_examples(folder / "valid", example_arrays(held_out, max_len,
+                                                   np.random.default_rng([seed, 1])))  # fmt: skip
+    return folder
+
+
+def example_arrays(n: int, max_len: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """n examples of the fakes' kind, as make_examples' arrays."""
     P = round(0.15 * max_len)
     arrays = {
         "token_ids": np.full((n, max_len), 1, np.uint16),
@@ -293,13 +302,36 @@ def write_examples(folder: Path, n: int = 384, max_len: int = 20, seed: int = 0)
         arrays["token_ids"][i, :L] = tokens
         arrays["segments"][i, la + 2 : L] = 1
         arrays["valid_lens"][i] = L
+    return arrays
+
+
+def save_examples(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """`arrays` as a make_examples folder of the fakes' vocabulary."""
+    n, max_len = arrays["token_ids"].shape
     folder.mkdir(parents=True)
     meta = {
-        "num_examples": n, "max_len": max_len, "max_num_mlm_preds": P, "vocab_size": VOCAB,
-        "vocab_sha1": SHA, "pad_id": 1, "mask_id": 2, "cls_id": 3, "sep_id": 4,
-        "id_dtype": "uint16",
+        "num_examples": n, "max_len": max_len, "max_num_mlm_preds": arrays["mlm_labels"].shape[1],
+        "vocab_size": VOCAB, "vocab_sha1": SHA, "pad_id": 1, "mask_id": 2, "cls_id": 3,
+        "sep_id": 4, "id_dtype": "uint16",
     }  # fmt: skip
     artifacts.EXAMPLES.save(folder, arrays, meta)
+    return folder
+
+
+def write_corpus(folder: Path, sentences: int = 60) -> Path:
+    """A tokenize_wikitext folder of the fakes' vocabulary: runs of content ids, 3 sentences to a
+    paragraph (pretrain counts its tokens for the unigram reference)."""
+    rng = np.random.default_rng(2)
+    starts, lens = rng.integers(len(CONTENT), size=sentences), rng.integers(2, 8, size=sentences)
+    runs = [_run(int(start), int(n)) for start, n in zip(starts, lens, strict=True)]
+    corpus = wikitext.Corpus(
+        token_ids=np.concatenate(runs).astype(np.uint16),
+        sentence_offsets=np.cumsum([0, *map(len, runs)]),
+        paragraph_offsets=np.arange(0, sentences + 1, 3),
+        vocab_size=VOCAB,
+        vocab_sha1=SHA,
+    )
+    wikitext.save(folder, corpus, TOKENS)
     return folder
 
 
@@ -371,7 +403,7 @@ def training_params(pretrain_steps: int, finetune_epochs: int, dropout: float = 
         "model": {"num_hiddens": 24, "ffn_num_hiddens": 48, "num_heads": 2, "num_blks": 2,
                   "dropout": dropout, "max_position": 40},
         "pretrain": {"batch_size": 64, "lr": 0.01, "num_steps": pretrain_steps, "seed": 0,
-                     **CONTROLS},
+                     "eval_every": 5, **CONTROLS},
         "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": finetune_epochs, "seed": 0,
                      "pretrained": "pretrain", **CONTROLS},
     }  # fmt: skip
@@ -390,7 +422,8 @@ def fake() -> SimpleNamespace:
     """The writers above, with the constants they use (vocabulary of 37, a tiny model)."""
     return SimpleNamespace(
         VOCAB=VOCAB, SHA=SHA, LABELS=LABELS, TINY=TINY, examples=write_examples, vocab=write_vocab,
-        snli_arrays=snli_arrays, snli=write_snli, bert=write_bert, curve=read_curve,
+        corpus=write_corpus, snli_arrays=snli_arrays, snli=write_snli, bert=write_bert,
+        curve=read_curve,
     )  # fmt: skip
 
 

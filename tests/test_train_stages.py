@@ -29,7 +29,7 @@ def work(tmp_path, monkeypatch, fake) -> Path:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     fake.examples(tmp_path / "data" / "make_examples", n=200)
-    fake.vocab(tmp_path / "vocab.json")
+    fake.corpus(tmp_path / "data" / "tokenize_wikitext")
     fake.snli(tmp_path / "data" / "make_snli", {"train": 200, "test": 40, "dev": 30})
     return tmp_path
 
@@ -37,7 +37,7 @@ def work(tmp_path, monkeypatch, fake) -> Path:
 def pretrain_args(root: Path) -> list[str]:
     return [
         "--params", str(root / "params.yaml"), "--examples", str(root / "data/make_examples"),
-        "--vocab", str(root / "vocab.json"),
+        "--corpus", str(root / "data/tokenize_wikitext"),
         "--out", str(root / "data/pretrain"), "--metrics", str(root / "metrics/pretrain.json"),
         "--live", str(root / "metrics/pretrain_live"), "--device", "cpu",
     ]  # fmt: skip
@@ -95,7 +95,8 @@ def test_pretrain_finetune_evaluate_stages_end_to_end(work, stage, fake):
     assert actual == np.load(work / "data/make_snli/dev/labels.npy").tolist()  # file order
 
 
-SPEED = ("pairs_per_sec", "examples_per_sec", "train_seconds", "threads", "threads_mean")
+SPEED = ("pairs_per_sec", "examples_per_sec", "train_seconds", "eval_seconds", "threads",
+         "threads_mean")  # fmt: skip
 
 
 def outcome(root: Path, name: str) -> tuple[str, dict, str]:
@@ -224,7 +225,7 @@ def test_two_gloo_processes_train_as_one_process_does(tmp_path, monkeypatch, sta
     one, two = tmp_path / "one", tmp_path / "two"
     for root in (one, two):
         fake.examples(root / "data/make_examples", n=129)  # batches of 64, 64, 1: three epochs
-        fake.vocab(root / "vocab.json")
+        fake.corpus(root / "data/tokenize_wikitext")
         # train: 32, 32, 32, 1 per epoch; dev: 32, 1 (rank 1 stands in for the last pair)
         fake.snli(root / "data/make_snli", {"train": 97, "test": 40, "dev": 33})
         (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -233,8 +234,13 @@ def test_two_gloo_processes_train_as_one_process_does(tmp_path, monkeypatch, sta
     stage("pretrain").main(pretrain_args(one))
     log = torchrun(two, "pretrain.py", pretrain_args(two))
     assert log.count("wrote ") == 1  # only rank 0 writes
+    saved = one, two
     assert artifacts.read_json(two / "metrics/pretrain.json")["num_steps"] == 9
-    assert_same_training(one, two, "pretrain", pretrain.CURVES, fake)
+    held_out = ["heldout/mlm_loss", "heldout/masked_mlm_accuracy", "heldout/nsp_loss"]
+    assert_same_training(one, two, "pretrain", [*pretrain.CURVES, *held_out], fake)
+    single, double = (artifacts.read_json(r / "metrics/pretrain.json")["heldout"] for r in saved)
+    assert double.pop("reference") == single.pop("reference")  # rank 0 evaluates, on all of them
+    assert double == pytest.approx(single, rel=1e-5)
 
     stage("finetune").main(finetune_args(one, bert))
     log = torchrun(two, "finetune.py", finetune_args(two, bert))
@@ -244,5 +250,5 @@ def test_two_gloo_processes_train_as_one_process_does(tmp_path, monkeypatch, sta
     assert_same_training(one, two, "finetune", [*finetune.CURVES, *epochs], fake)
     checkpoints.load_classifier(two / "data/finetune/model.safetensors")
     assert sorted(p.name for p in (two / "data").iterdir()) == [
-        "finetune", "make_examples", "make_snli", "pretrain",
+        "finetune", "make_examples", "make_snli", "pretrain", "tokenize_wikitext",
     ]  # fmt: skip

@@ -142,6 +142,8 @@ class PretrainConfig:
     lr_schedule: str = _one_of(*SCHEDULES, default="constant")  # after warm-up: decay to 0
     weight_decay: float = _at_least_zero(default=0.0)  # AdamW's, on matrices and embeddings
     grad_clip: float = _at_least_zero(default=0.0)  # largest global gradient norm; 0: none
+    # steps between held-out evaluations (not d2l's: it changes no weight); 0: after the last only
+    eval_every: int = _at_least_zero("an integer >= 0", default=0)
 
 
 @dataclass(frozen=True)

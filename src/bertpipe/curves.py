@@ -83,6 +83,17 @@ class Throughput:
             self.seconds += time.perf_counter() - self._since
             self._since = None
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time spent in the block out (if the clock is running)."""
+        running = self._since is not None
+        self.stop()
+        try:
+            yield
+        finally:
+            if running:
+                self.start()
+
     def add(self, items: int) -> None:
         if self._since is not None:
             self.items += items

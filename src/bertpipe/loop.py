@@ -5,6 +5,10 @@ does the rest for every batch of a plan: backward, optional gradient clipping, t
 learning-rate schedule, curves and throughput (`bertpipe.curves`), the progress bar, and a
 resume checkpoint every `--checkpoint-every` steps (`bertpipe.resume`).
 
+An `Evaluation` (optional) computes figures of the model as it stands every few steps and
+after the last; they are kept with the steps' stats, so a resumed run replays them too, and
+their time is not counted as training time.
+
 `stats` is this rank's share of each per-step figure (the shares of all ranks add up to the
 figure for the whole batch), so one all-reduce sum per LOG_EVERY steps makes every rank agree.
 `loss` is the rank's share too, times world_size: DDP averages gradients over ranks, which
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -48,6 +54,19 @@ class Schedule(Protocol):
     lr_schedule: str
     weight_decay: float
     grad_clip: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Figures of the model as it stands (`figures()`), every `every` steps (0: none) and after
+    the last, plotted as `<prefix>/<name>`."""
+
+    every: int
+    figures: Callable[[], dict[str, float]]
+    prefix: str
+
+    def due(self, step: int, total: int) -> bool:
+        return step == total or (self.every > 0 and step % self.every == 0)
 
 
 def optimizer(model: nn.Module, cfg: Schedule, rt: Runtime) -> torch.optim.Optimizer:
@@ -83,14 +102,16 @@ class Trainer:
     `model` is the module whose state is saved; `net` the one called (DDP-wrapped, compiled).
     `curve_names` label the first entries of each step's stats in DVCLive. With `resume`, the
     run starts from the last checkpoint that belongs to the same params and inputs, and writes
-    one every `resume.every` steps.
+    one every `resume.every` steps. With `evaluation`, its figures are computed when due.
     """
 
     def __init__(self, model: nn.Module, net: nn.Module, cfg: Schedule, total_steps: int,
-                 rt: Runtime, live: Any, curve_names: list[str],
-                 resume: Resume | None = None) -> None:  # fmt: skip
+                 rt: Runtime, live: Any, curve_names: list[str], resume: Resume | None = None,
+                 evaluation: Evaluation | None = None) -> None:  # fmt: skip
         self.model, self.net, self.cfg, self.rt = model, net, cfg, rt
         self.live, self.curve_names, self.resume = live, curve_names, resume
+        self.evaluation, self.total_steps = evaluation, total_steps
+        self.eval_seconds = 0.0  # spent in `evaluation` by this process
         self.opt = optimizer(model, cfg, rt)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda step: lr_factor(step, total_steps, cfg)
@@ -130,6 +151,8 @@ class Trainer:
                 bar.set_postfix({c.rsplit("/", 1)[-1]: f"{v:.3f}"
                                  for c, v in zip(self.curve_names, shown, strict=False)},
                                 per_s=self.speed.rate())  # fmt: skip
+            if self.evaluation and self.evaluation.due(self.state.step, self.total_steps):
+                self._evaluate()
             if self.resume is not None and self.resume.due(self.state.step) and not last:
                 self._flush(pending)
                 self.resume.save(self.state, self.model, self.opt, self.schedule, self.rt)
@@ -141,8 +164,20 @@ class Trainer:
     def log_epoch(self, result: dict[str, float]) -> None:
         """Record (and plot) one epoch's figures, at the current step."""
         self.state.epochs.append((self.state.step, result))
-        names = [f"epoch/{k}" for k in result]
-        log_rows(self.live, self.state.step, names, np.array([list(result.values())]))
+        self._plot(self.state.step, "epoch", result)
+
+    def _evaluate(self) -> None:
+        """Compute, record and plot the evaluation's figures at the current step, off the clock."""
+        with self.speed.paused():
+            start = time.perf_counter()
+            result = self.evaluation.figures()
+            self.eval_seconds += time.perf_counter() - start
+        self.state.evals.append((self.state.step, result))
+        self._plot(self.state.step, self.evaluation.prefix, result)
+
+    def _plot(self, step: int, prefix: str, result: dict[str, float]) -> None:
+        names = [f"{prefix}/{k}" for k in result]
+        log_rows(self.live, step, names, np.array([list(result.values())]))
 
     def _step(self, step: Step, batch: batches.Batch) -> Tensor:
         self.rt.threads.adjust()
@@ -166,9 +201,11 @@ class Trainer:
         pending.clear()
 
     def _replay(self) -> None:
-        """After a resume: the curves of the steps and epochs done before, as they were."""
+        """After a resume: the curves of the steps, epochs and evaluations done before, as they
+        were."""
         rows = np.asarray(self.state.history)  # (steps, m)
         log_rows(self.live, 1, self.curve_names, rows[:, : len(self.curve_names)])
         for step, result in self.state.epochs:
-            names = [f"epoch/{k}" for k in result]
-            log_rows(self.live, step, names, np.array([list(result.values())]))
+            self._plot(step, "epoch", result)
+        for step, result in self.state.evals:
+            self._plot(step, self.evaluation.prefix, result)

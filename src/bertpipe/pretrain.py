@@ -5,20 +5,28 @@ mode, and reports the mean of each loss over all steps (not the last). So do we,
 shuffling; the MLM loss is the weighted mean over real prediction slots (d2l's PyTorch code
 averages over padding slots too: d2l issue #2582). Speed: the encoder sees only the real
 positions of a batch and the MLM head only the real prediction slots (`PretrainObjective`).
+
+Given held-out examples, the model is also judged on them (`heldout`): on a sample every
+`eval_every` steps and after the last (the `heldout/...` curves), and on all of them at the end
+(the metrics' `heldout`), on rank 0 only; the evaluation draws no random numbers, so the weights
+are the same bytes with it or without it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertpipe import config
+from bertpipe import config, heldout
 from bertpipe.batches import Arrays, Batch, collate_examples, pretraining_plan
-from bertpipe.loop import Trainer
+from bertpipe.heldout import HeldOut
+from bertpipe.loop import Evaluation, Trainer
 from bertpipe.losses import exact_sum, linear_cross_entropy
 from bertpipe.model import BERTModel
 from bertpipe.resume import Resume
@@ -74,14 +82,21 @@ def step(net: nn.Module, b: Batch, rt: Runtime) -> tuple[Tensor, Tensor]:
 
 
 def pretrain(model: BERTModel, examples: Arrays, cfg: config.PretrainConfig, rt: Runtime,
-             live: Any = None, resume: Resume | None = None) -> dict[str, Any]:  # fmt: skip
-    """d2l's train_bert: `cfg.num_steps` optimiser steps on MLM + NSP; returns the metrics."""
+             live: Any = None, resume: Resume | None = None,
+             held: HeldOut | None = None) -> dict[str, Any]:  # fmt: skip
+    """d2l's train_bert: `cfg.num_steps` optimiser steps on MLM + NSP; returns the metrics
+    (with `held`, on rank 0, also the figures on those held-out examples)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     plan = pretraining_plan(len(examples["nsp_labels"]), cfg.batch_size, cfg.num_steps, gen)
     torch.manual_seed(cfg.seed + rt.rank)  # dropout: reproducible, different on every rank
     model.train()
     objective = prepare(PretrainObjective(model, rt.compile), rt)
-    trainer = Trainer(model, objective, cfg, len(plan), rt, live, CURVES, resume)
+    evaluation = None
+    if held is not None and rt.is_main:
+        sample = held.sample()
+        evaluation = Evaluation(cfg.eval_every, lambda: heldout.figures(
+            heldout.run(model, held, sample, cfg.batch_size, rt)), "heldout")  # fmt: skip
+    trainer = Trainer(model, objective, cfg, len(plan), rt, live, CURVES, resume, evaluation)
     log.info("pretraining: %d steps of %d pairs on %s", len(plan), cfg.batch_size, rt.device)
     steps = trainer.run(step, examples, plan, collate_examples, 0, "pretrain")  # (num_steps, 4)
     mean, last = steps.mean(axis=0), steps[-1]
@@ -99,4 +114,10 @@ def pretrain(model: BERTModel, examples: Arrays, cfg: config.PretrainConfig, rt:
     }
     log.info("pretraining done: MLM loss %.3f, NSP loss %.3f, %s pairs/s",
              metrics["mlm_loss"], metrics["nsp_loss"], metrics["pairs_per_sec"])  # fmt: skip
+    if evaluation is not None:
+        start = time.perf_counter()
+        whole = heldout.run(model, held, np.arange(held.size), cfg.batch_size, rt)
+        metrics["heldout"] = heldout.report(whole, held)
+        metrics["eval_seconds"] = round(trainer.eval_seconds + time.perf_counter() - start, 2)
+        heldout.tell(metrics["heldout"])
     return metrics

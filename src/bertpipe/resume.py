@@ -1,8 +1,9 @@
 """Resume checkpoints: a killed training stage goes on from its last one, to the same bytes.
 
 Every `every` steps the loop saves everything the rest of the run depends on: the weights, the
-optimiser and schedule state, the random-number state (dropout) and the stats of the steps done
-(the metrics average over all of them, and the curves are replayed from them). Nothing a stage
+optimiser and schedule state, the random-number state (dropout), the stats of the steps done
+(the metrics average over all of them, and the curves are replayed from them) and the figures
+of the epochs and evaluations done. Nothing a stage
 computes depends on whether or where it was saved, so a resumed run ends with the same bytes as
 an uninterrupted one.
 
@@ -41,11 +42,13 @@ SOURCE = Path(__file__).parent  # the package: its code is part of every fingerp
 
 @dataclass
 class TrainState:
-    """Where a run stands: steps done, each step's stats, each epoch's (step, figures)."""
+    """Where a run stands: steps done, each step's stats, each epoch's and each evaluation's
+    (step, figures)."""
 
     step: int = 0
     history: list[list[float]] = field(default_factory=list)
     epochs: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
 
 def fingerprint(params: dict[str, Any], inputs: list[str | Path]) -> str:
@@ -88,6 +91,7 @@ class Resume:
             "step": state.step,
             "history": state.history,
             "epochs": [[step, result] for step, result in state.epochs],
+            "evals": [[step, result] for step, result in state.evals],
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "schedule": schedule.state_dict(),
@@ -113,8 +117,9 @@ class Resume:
         if rt.cuda:
             torch.cuda.set_rng_state(blob["rng"]["cuda"], rt.device)
         log.info("resuming from step %d (checkpoint in %s)", step, self.folder)
-        epochs = [(int(s), dict(result)) for s, result in blob["epochs"]]
-        return TrainState(step, [list(row) for row in blob["history"]], epochs)
+        epochs, evals = ([(int(s), dict(result)) for s, result in blob[key]]
+                         for key in ("epochs", "evals"))  # fmt: skip
+        return TrainState(step, [list(row) for row in blob["history"]], epochs, evals)
 
     def clear(self) -> None:
         """The run is done: its checkpoints are of no further use."""
