@@ -23,13 +23,14 @@ Features of a pair (premise P, hypothesis H, whitespace tokens; "types" = distin
 The features are computed with numpy over word ids for all pairs at once (no string per
 feature) and stored as one scipy CSR matrix: memory grows with the non-zero entries (about 36
 indicators + 13 dense values a pair on SNLI), not with pairs x features. At SNLI's size
-(550k training pairs) the stage took 31 s and peaked at 1.1 GB on 2 cores, 46 s and 1.2 GB
-with 313k features (BENCHMARKS.md, "The baseline at SNLI's size").
+(550,690 training pairs, 33k features) the stage took 34 s and peaked at 1.1 GB on 2 cores,
+1.0 GB of it reading the file; 550,000 generated pairs with 313k features took 46 s and 1.1 GB
+(BENCHMARKS.md, "The baseline at SNLI's size").
 
 Model: scikit-learn's multinomial `LogisticRegression` (3 classes, with a bias), which
 minimises C·Σᵢ lossᵢ + ½‖W‖² with the biases unpenalised. `baseline.l2` keeps the meaning it
 had with the earlier hand-written solver, mean cross-entropy + ½·l2·‖W‖² (biases unpenalised):
-dividing that by l2·n gives sklearn's form, so C = 1 / (l2 · n) for n training pairs. The
+dividing that by l2 gives sklearn's form with C = 1 / (l2 · n) for n training pairs. The
 solver is L-BFGS from zeros on a convex problem, so nothing random is drawn; BLAS runs on one
 thread during the fit, so that its dot products (which OpenBLAS splits among threads) round
 the same way whatever the machine's thread count, and sklearn's own OpenMP loops compute one
