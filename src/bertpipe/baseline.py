@@ -92,7 +92,7 @@ def _side(sentences: list[str], vocab: dict[str, int]) -> _Side:
 
 
 def _distinct(keys: np.ndarray) -> np.ndarray:
-    """np.unique(keys), sorted: numpy 2.4's np.unique hashes, 60x slower on these keys."""
+    """np.unique(keys), sorted: numpy 2.4's np.unique took 9.6 s on 8.4 M such keys, this 0.1 s."""
     keys = np.sort(keys)
     return keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
 
