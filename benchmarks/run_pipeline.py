@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil  # DVC's own dependency
+import psutil
 import yaml
 from compare_d2l import load1, machine
 
