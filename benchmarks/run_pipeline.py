@@ -80,7 +80,7 @@ def run_stage(workdir: Path, stage: str) -> dict:
     """`dvc repro --single-item <stage>` in a process of its own: seconds and peak memory."""
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     load, start, tree_peak = load1(), time.perf_counter(), 0
-    process = subprocess.Popen(cmd, cwd=workdir, env=scratch.dvc_env())
+    process = subprocess.Popen(cmd, cwd=workdir, env=scratch.dvc_env(workdir))
     root = psutil.Process(process.pid)
     # os.wait4 rather than Popen.wait: it returns the finished tree's resource usage
     while not (done := os.wait4(process.pid, os.WNOHANG))[0]:

@@ -147,8 +147,8 @@ RESUMED = re.compile(r"resuming from step (\d+)")
 
 def dvc_logged(workdir: Path, *args: str) -> tuple[str, str]:
     """Run `dvc <args>`; return (DVC's output, the stages' log), failing with both."""
-    done = subprocess.run([*DVC, *args], cwd=workdir, env=scratch.dvc_env(), capture_output=True,
-                          text=True)  # fmt: skip
+    env = scratch.dvc_env(workdir)
+    done = subprocess.run([*DVC, *args], cwd=workdir, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     return done.stdout, done.stderr
 
@@ -156,7 +156,7 @@ def dvc_logged(workdir: Path, *args: str) -> tuple[str, str]:
 def repro_and_kill(workdir: Path, stage: str, at: int) -> int:
     """`dvc repro <stage>`; SIGKILL the stage's process once it saved a checkpoint at step `at`
     or later. Returns the step of the checkpoint left on disk."""
-    proc = subprocess.Popen([*DVC, "repro", stage], cwd=workdir, env=scratch.dvc_env(),
+    proc = subprocess.Popen([*DVC, "repro", stage], cwd=workdir, env=scratch.dvc_env(workdir),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     killed = []
     for line in proc.stderr:  # the stage's stderr: DVC hands it its own

@@ -90,17 +90,20 @@ def write_params(workdir: Path, downloads: dict[str, dict], base_url: str) -> No
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
-def dvc_env() -> dict[str, str]:
-    """The environment for DVC: this interpreter first on PATH (dvc.yaml runs `python`)."""
+def dvc_env(workdir: Path) -> dict[str, str]:
+    """The environment for DVC in `workdir`: this interpreter first on PATH (dvc.yaml runs
+    `python`), and the workspace's own `src/` first on the import path, so its stages run the
+    code DVC hashed there, not the code an editable install points at, which may be changing."""
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir / "src"), env.get("PYTHONPATH")]))
     return env
 
 
 def dvc(workdir: Path, *args: str, capture: bool = False) -> str:
     """Run `dvc <args>` in `workdir`; raise with DVC's output when it fails."""
     result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=workdir, env=dvc_env(), text=True,
+        [sys.executable, "-m", "dvc", *args], cwd=workdir, env=dvc_env(workdir), text=True,
         capture_output=capture,
     )  # fmt: skip
     if result.returncode != 0:
