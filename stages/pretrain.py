@@ -26,6 +26,7 @@ from bertpipe import artifacts, batches, checkpoints, config, curves, heldout, r
 from bertpipe.cli import run, stage_parser
 from bertpipe.errors import UserError
 from bertpipe.heldout import HeldOut
+from bertpipe.masking import Specials
 from bertpipe.model import BERTModel, num_parameters
 from bertpipe.pretrain import pretrain
 from bertpipe.resume import Resume, fingerprint
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("BERT with %d parameters, %d examples", num_parameters(model),
                  meta["num_examples"])  # fmt: skip
         with curves.curves(args.live, rt) as live:
-            metrics = pretrain(model, examples, cfg, rt, live, resume, held)
+            metrics = pretrain(model, examples, cfg, rt, live, resume, held, Specials.of(meta))
         if not rt.is_main:
             return
         with artifacts.atomic_dir(args.out) as out:

@@ -403,7 +403,7 @@ def training_params(pretrain_steps: int, finetune_epochs: int, dropout: float = 
         "model": {"num_hiddens": 24, "ffn_num_hiddens": 48, "num_heads": 2, "num_blks": 2,
                   "dropout": dropout, "max_position": 40},
         "pretrain": {"batch_size": 64, "lr": 0.01, "num_steps": pretrain_steps, "seed": 0,
-                     "eval_every": 5, **CONTROLS},
+                     "eval_every": 5, "masking": "static", **CONTROLS},
         "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": finetune_epochs, "seed": 0,
                      "pretrained": "pretrain", **CONTROLS},
     }  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from bertpipe import batches, checkpoints
@@ -86,6 +87,16 @@ def test_pretraining_plan_cycles_through_shuffled_epochs():
     assert np.array_equal(np.sort(np.concatenate(plan[:3])), np.arange(10))
     assert np.array_equal(np.sort(np.concatenate(plan[3:6])), np.arange(10))
     assert not np.array_equal(np.concatenate(plan[:3]), np.concatenate(plan[3:6]))
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(10, 4), (8, 4), (3, 4)])
+def test_in_epochs_numbers_each_batch_with_its_epoch(n, batch_size):
+    plan = batches.pretraining_plan(n, batch_size, 11, torch.Generator().manual_seed(0))
+    tagged = batches.in_epochs(plan, n, batch_size)
+    assert [len(b) for b in tagged] == [len(b) for b in plan]
+    for epoch in range(tagged[-1].epoch):  # every epoch but the last (cut short) is whole
+        members = np.concatenate([b.idx for b in tagged if b.epoch == epoch])
+        assert np.array_equal(np.sort(members), np.arange(n))
 
 
 def test_ranks_take_disjoint_slices_of_every_batch_and_never_drop_one(fake, tmp_path):

@@ -84,6 +84,7 @@ def test_yaml_exponent_without_dot_is_explained(tmp_path):
         ("make_snli", lambda s: s.update(max_len=2), r"make_snli\.max_len: 2 is not in \[3,"),
         ("pretrain", lambda s: s.update(lr_schedule="step"), r"pretrain\.lr_schedule: expected o"),
         ("pretrain", lambda s: s.update(eval_every=-1), r"pretrain\.eval_every: expected an in"),
+        ("pretrain", lambda s: s.update(masking="random"), r"pretrain\.masking: expected one of"),
         ("finetune", lambda s: s.update(warmup_fraction=1.0), r"finetune\.warmup_fraction: exp"),
         ("finetune", lambda s: s.update(grad_clip=-1.0), r"finetune\.grad_clip: expected a n"),
     ],

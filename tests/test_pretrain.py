@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bertpipe import artifacts, batches, config, curves, losses
+from bertpipe.masking import Specials
 from bertpipe.model import BERTModel
 from bertpipe.pretrain import PretrainObjective, pretrain
 from bertpipe.runtime import CPU
@@ -69,3 +70,17 @@ def test_pretrain_objective_equals_the_model_on_padded_batches(tmp_path, fake):
     assert g1.keys() == g2.keys()
     for name in g1:
         torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_dynamic_masking_trains_on_other_masks_than_the_static_ones(tmp_path, fake):
+    ex, meta = batches.load_examples(fake.examples(tmp_path / "ex", n=96))
+    weights = {}
+    for masking in ("static", "dynamic"):
+        torch.manual_seed(0)
+        model = BERTModel(fake.VOCAB, fake.TINY)
+        cfg = config.PretrainConfig(batch_size=64, lr=1e-2, num_steps=3, seed=0, masking=masking)
+        pretrain(model, ex, cfg, CPU, specials=Specials.of(meta))
+        weights[masking] = model.encoder.token_embedding.weight.detach().clone()
+    assert not torch.equal(weights["static"], weights["dynamic"])
+    with pytest.raises(ValueError, match="special ids"):
+        pretrain(BERTModel(fake.VOCAB, fake.TINY), ex, cfg, CPU)

@@ -1,10 +1,11 @@
 """Resume after kill -9: a training stage killed mid-run and run again ends with the same bytes.
 
-Each stage script runs as a real subprocess with dropout on and a resume checkpoint every 2
-steps. The test reads its log and sends SIGKILL once it has saved a checkpoint at or after a
-kill step drawn by a seeded generator; the rerun must say where it resumes from and finish with
-the weights, metrics (wall-clock figures aside) and DVCLive files of an uninterrupted run. A
-leftover checkpoint of other params must be ignored, not resumed.
+Each stage script runs as a real subprocess with dropout on (and pretraining with dynamic MLM
+masks) and a resume checkpoint every 2 steps. The test reads its log and sends SIGKILL once it
+has saved a checkpoint at or after a kill step drawn by a seeded generator; the rerun must say
+where it resumes from and finish with the weights, metrics (wall-clock figures aside) and
+DVCLive files of an uninterrupted run. A leftover checkpoint of other params must be ignored,
+not resumed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ EVERY = 2  # --checkpoint-every
 WALL_CLOCK = {"pairs_per_sec", "examples_per_sec", "train_seconds", "eval_seconds", "threads_mean"}
 SAVED = re.compile(r"saved a resume checkpoint at step (\d+)")
 RESUMED = re.compile(r"resuming from step (\d+)")
-PARAMS = training_params(pretrain_steps=120, finetune_epochs=4)  # dropout on, controls on
+# dropout on, controls on; MLM masks drawn anew each epoch (30 epochs of 4 steps)
+PARAMS = training_params(pretrain_steps=120, finetune_epochs=4)
+PARAMS["pretrain"]["masking"] = "dynamic"
 TRAIN_PAIRS = 900  # 29 fine-tuning steps per epoch (28 of 32 pairs, then 4)
 STEPS_PER_EPOCH = -(-TRAIN_PAIRS // PARAMS["finetune"]["batch_size"])
 # Kill steps, drawn once from a seeded generator: pretraining in its first third, fine-tuning in

@@ -67,6 +67,23 @@ def pretraining_plan(n: int, batch_size: int, num_steps: int, gen: torch.Generat
     return plan[:num_steps]
 
 
+@dataclass(frozen=True)
+class EpochBatch:
+    """A pretraining batch's example indices and the epoch (0-based) of the plan it is in."""
+
+    epoch: int
+    idx: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def in_epochs(plan: list, n: int, batch_size: int) -> list[EpochBatch]:
+    """The batches of a `pretraining_plan` of `n` examples, each with its epoch."""
+    per_epoch = len(range(batch_size, n, batch_size)) + 1  # pretraining_plan's cuts, plus one
+    return [EpochBatch(i // per_epoch, idx) for i, idx in enumerate(plan)]
+
+
 def length_buckets(lengths: np.ndarray, batch_size: int, gen: torch.Generator) -> list:
     """One epoch of batches that each hold examples of similar length (little padding).
 

@@ -86,6 +86,7 @@ class TokenizeWikitextConfig:
 
 MAX_LEN = 2**15 - 1  # positions are stored as int16
 SCHEDULES = ("constant", "linear", "cosine")
+MASKINGS = ("static", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ class PretrainConfig:
     grad_clip: float = _at_least_zero(default=0.0)  # largest global gradient norm; 0: none
     # steps between held-out evaluations (not d2l's: it changes no weight); 0: after the last only
     eval_every: int = _at_least_zero("an integer >= 0", default=0)
+    # static: make_examples' masks, every epoch (d2l); dynamic: new ones each epoch (RoBERTa)
+    masking: str = _one_of(*MASKINGS, default="static")
 
 
 @dataclass(frozen=True)

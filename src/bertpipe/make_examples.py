@@ -8,7 +8,9 @@ The rules are d2l's (`_WikiTextDataset`), computed once (static masking, as in d
   whose `<cls> a <sep> b <sep>` is longer than `max_len` is dropped, never truncated.
 - MLM: among the positions that are not `<cls>`/`<sep>`, `max(1, round(len * mask_rate))`
   distinct ones (Python's half-to-even `round`) are predicted; each becomes `<mask>` (80%), stays
-  (10%) or becomes a uniformly random id of the whole vocabulary, specials included (10%).
+  (10%) or becomes a uniformly random id of the whole vocabulary, specials included (10%)
+  (`masking.mask_tokens`, which `pretrain.masking: dynamic` also uses to draw new masks every
+  epoch from these examples, whose labels keep the tokens the masks replaced).
 - Padding: tokens to `max_len` with `<pad>`, predictions to `round(max_len * mask_rate)` slots
   with position 0, label 0 and weight 0.
 
@@ -22,13 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertpipe import artifacts
+from bertpipe import artifacts, masking
 from bertpipe.config import MakeExamplesConfig
 from bertpipe.errors import UserError
 from bertpipe.vocab import Vocab
 from bertpipe.wikitext import Corpus
-
-MASK_BELOW, KEEP_BELOW = 0.8, 0.9  # a uniform draw below 0.8 masks, below 0.9 keeps, else random
 
 
 def num_mlm_preds(lengths: np.ndarray, mask_rate: float) -> np.ndarray:
@@ -89,38 +89,6 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - offsets, lengths) + np.arange(lengths.sum())
 
 
-def mask_tokens(
-    tokens: np.ndarray,
-    valid_lens: np.ndarray,
-    vocab: Vocab,
-    mask_rate: float,
-    num_slots: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """MLM-corrupt (N, L) `tokens` in place; returns them and (N, P) positions, labels, weights."""
-    n, max_len = tokens.shape
-    rows = np.arange(n)[:, None]  # (N, 1)
-    candidate = np.arange(max_len) < valid_lens[:, None]  # (N, L)
-    candidate &= (tokens != vocab.cls_id) & (tokens != vocab.sep_id)
-    wanted = np.minimum(num_mlm_preds(valid_lens, mask_rate), candidate.sum(axis=1))  # (N,)
-    # The num_preds smallest random keys among candidates are a uniform random subset of them.
-    keys = rng.random((n, max_len))
-    keys[~candidate] = 2.0
-    chosen = np.argsort(keys, axis=1)[:, :num_slots]  # (N, P)
-    del keys, candidate
-    used = np.arange(num_slots) < wanted[:, None]  # (N, P) real slots come first
-    positions = np.sort(np.where(used, chosen, max_len), axis=1)  # unused sort to the end
-    positions = np.where(used, positions, 0)
-    labels = np.where(used, tokens[rows, positions], 0)
-    draw = rng.random((n, num_slots))
-    random_ids = rng.integers(0, len(vocab), (n, num_slots))
-    masked = vocab.mask_id
-    replacement = np.select([draw < MASK_BELOW, draw < KEEP_BELOW], [masked, labels], random_ids)
-    flat = (rows * max_len + positions)[used]  # (real slots,) flat positions in tokens
-    tokens.reshape(-1)[flat] = replacement[used]
-    return tokens, positions, labels, used.astype(np.uint8)
-
-
 def make_examples(corpus: Corpus, vocab: Vocab, cfg: MakeExamplesConfig,
                   held_out: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
     """All pretraining examples of `corpus`, as the arrays `make_examples` writes; `vocab` (the
@@ -145,8 +113,11 @@ def make_examples(corpus: Corpus, vocab: Vocab, cfg: MakeExamplesConfig,
     fits = (s[a + 1] - s[a]) + (s[b + 1] - s[b]) + 3 <= cfg.max_len
     a, b, is_next = a[fits], b[fits], is_next[fits]
     tokens, segments, valid_lens = pack_pairs(corpus, vocab, a, b, cfg.max_len)
-    tokens, positions, labels, weights = mask_tokens(
-        tokens, valid_lens, vocab, cfg.mask_rate, num_slots, rng
+    draws = masking.Draws.of(rng, len(tokens), cfg.max_len, num_slots, len(vocab))
+    specials = masking.Specials(vocab.cls_id, vocab.sep_id, vocab.mask_id, len(vocab))
+    num_preds = num_mlm_preds(valid_lens, cfg.mask_rate)  # (N,)
+    tokens, positions, labels, weights = masking.mask_tokens(
+        tokens, valid_lens, num_preds, specials, draws
     )
     ids = artifacts.id_dtype(corpus.vocab_size)
     return {

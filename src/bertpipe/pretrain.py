@@ -10,12 +10,17 @@ Given held-out examples, the model is also judged on them (`heldout`): on a samp
 `eval_every` steps and after the last (the `heldout/...` curves), and on all of them at the end
 (the metrics' `heldout`), on rank 0 only; the evaluation draws no random numbers, so the weights
 are the same bytes with it or without it.
+
+`masking: dynamic` (RoBERTa's) trains on new masks every epoch instead of make_examples' static
+ones (`masking.DynamicMasks`); the held-out examples keep theirs, so every configuration is
+judged on the same slots.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,10 +29,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertpipe import config, heldout
-from bertpipe.batches import Arrays, Batch, collate_examples, pretraining_plan
+from bertpipe.batches import (
+    Arrays,
+    Batch,
+    EpochBatch,
+    Part,
+    collate_examples,
+    in_epochs,
+    pretraining_plan,
+)
 from bertpipe.heldout import HeldOut
 from bertpipe.loop import Evaluation, Trainer
 from bertpipe.losses import exact_sum, linear_cross_entropy
+from bertpipe.masking import DynamicMasks, Specials
 from bertpipe.model import BERTModel
 from bertpipe.resume import Resume
 from bertpipe.runtime import Runtime, autocast, prepare
@@ -68,6 +82,20 @@ class PretrainObjective(nn.Module):
         return mlm, mlm_acc, nsp_logits
 
 
+@dataclass(frozen=True)
+class Collate:
+    """This rank's part of a pretraining batch, with make_examples' masks or, given `dynamic`,
+    with the epoch's own."""
+
+    dynamic: DynamicMasks | None
+
+    def __call__(self, ex: Arrays, batch: EpochBatch, part: Part) -> Batch:
+        if self.dynamic is None:
+            return collate_examples(ex, batch.idx, part)
+        masked = self.dynamic.remask(ex, batch.idx, batch.epoch)  # (B, ...) rows in batch order
+        return collate_examples(masked, np.arange(len(batch)), part)
+
+
 def step(net: nn.Module, b: Batch, rt: Runtime) -> tuple[Tensor, Tensor]:
     """(loss to back-propagate, this rank's share of [mlm, nsp, mlm_acc, nsp_acc])."""
     with autocast(rt):
@@ -82,12 +110,19 @@ def step(net: nn.Module, b: Batch, rt: Runtime) -> tuple[Tensor, Tensor]:
 
 
 def pretrain(model: BERTModel, examples: Arrays, cfg: config.PretrainConfig, rt: Runtime,
-             live: Any = None, resume: Resume | None = None,
-             held: HeldOut | None = None) -> dict[str, Any]:  # fmt: skip
+             live: Any = None, resume: Resume | None = None, held: HeldOut | None = None,
+             specials: Specials | None = None) -> dict[str, Any]:  # fmt: skip
     """d2l's train_bert: `cfg.num_steps` optimiser steps on MLM + NSP; returns the metrics
-    (with `held`, on rank 0, also the figures on those held-out examples)."""
+    (with `held`, on rank 0, also the figures on those held-out examples). Dynamic masking
+    takes the examples' `specials`."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    plan = pretraining_plan(len(examples["nsp_labels"]), cfg.batch_size, cfg.num_steps, gen)
+    n = len(examples["nsp_labels"])
+    plan = in_epochs(pretraining_plan(n, cfg.batch_size, cfg.num_steps, gen), n, cfg.batch_size)
+    dynamic = None
+    if cfg.masking == "dynamic":
+        if specials is None:
+            raise ValueError("dynamic masking needs the examples' special ids")
+        dynamic = DynamicMasks(cfg.seed, specials)
     torch.manual_seed(cfg.seed + rt.rank)  # dropout: reproducible, different on every rank
     model.train()
     objective = prepare(PretrainObjective(model, rt.compile), rt)
@@ -98,7 +133,7 @@ def pretrain(model: BERTModel, examples: Arrays, cfg: config.PretrainConfig, rt:
             heldout.run(model, held, sample, cfg.batch_size, rt)), "heldout")  # fmt: skip
     trainer = Trainer(model, objective, cfg, len(plan), rt, live, CURVES, resume, evaluation)
     log.info("pretraining: %d steps of %d pairs on %s", len(plan), cfg.batch_size, rt.device)
-    steps = trainer.run(step, examples, plan, collate_examples, 0, "pretrain")  # (num_steps, 4)
+    steps = trainer.run(step, examples, plan, Collate(dynamic), 0, "pretrain")  # (num_steps, 4)
     mean, last = steps.mean(axis=0), steps[-1]
     metrics = {
         "mlm_loss": round(float(mean[0]), 4),  # mean over all steps, as d2l prints
