@@ -170,7 +170,7 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
         cfg.num_steps,
         torch.Generator().manual_seed(cfg.seed),
     )
-    timed = np.concatenate(plan[1:])  # the first step is not timed
+    timed = np.concatenate([b.idx for b in plan[1:]])  # the first step is not timed
     flops = useful_flops(ex["valid_lens"][timed], ex["mlm_weights"][timed], len(vocab))
     with runtime.runtime("cpu", args.workers, args.compile, False, args.threads) as rt:
         torch.manual_seed(args.seed)

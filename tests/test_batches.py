@@ -82,7 +82,7 @@ def test_length_buckets_cover_every_example_once_seeded_and_reshuffled():
 
 
 def test_pretraining_plan_cycles_through_shuffled_epochs():
-    plan = batches.pretraining_plan(10, 4, 7, torch.Generator().manual_seed(0))
+    plan = [b.idx for b in batches.pretraining_plan(10, 4, 7, torch.Generator().manual_seed(0))]
     assert [len(b) for b in plan] == [4, 4, 2, 4, 4, 2, 4]
     assert np.array_equal(np.sort(np.concatenate(plan[:3])), np.arange(10))
     assert np.array_equal(np.sort(np.concatenate(plan[3:6])), np.arange(10))
@@ -90,12 +90,13 @@ def test_pretraining_plan_cycles_through_shuffled_epochs():
 
 
 @pytest.mark.parametrize(("n", "batch_size"), [(10, 4), (8, 4), (3, 4)])
-def test_in_epochs_numbers_each_batch_with_its_epoch(n, batch_size):
+def test_the_plan_numbers_each_batch_with_its_epoch(n, batch_size):
     plan = batches.pretraining_plan(n, batch_size, 11, torch.Generator().manual_seed(0))
-    tagged = batches.in_epochs(plan, n, batch_size)
-    assert [len(b) for b in tagged] == [len(b) for b in plan]
-    for epoch in range(tagged[-1].epoch):  # every epoch but the last (cut short) is whole
-        members = np.concatenate([b.idx for b in tagged if b.epoch == epoch])
+    epochs = [b.epoch for b in plan]
+    assert epochs == sorted(epochs) and epochs[0] == 0
+    assert set(epochs) == set(range(epochs[-1] + 1))  # no epoch skipped
+    for epoch in range(plan[-1].epoch):  # every epoch but the last (cut short) is whole
+        members = np.concatenate([b.idx for b in plan if b.epoch == epoch])
         assert np.array_equal(np.sort(members), np.arange(n))
 
 

@@ -58,15 +58,6 @@ def snli_lengths(snli: Arrays) -> np.ndarray:
     return np.diff(snli["offsets"])  # (N,) valid_len of every pair
 
 
-def pretraining_plan(n: int, batch_size: int, num_steps: int, gen: torch.Generator) -> list:
-    """`num_steps` batches of example indices: seeded shuffled epochs, cut where steps run out."""
-    plan: list[np.ndarray] = []
-    while len(plan) < num_steps:
-        order = torch.randperm(n, generator=gen).numpy()
-        plan += np.array_split(order, range(batch_size, n, batch_size))
-    return plan[:num_steps]
-
-
 @dataclass(frozen=True)
 class EpochBatch:
     """A pretraining batch's example indices and the epoch (0-based) of the plan it is in."""
@@ -78,10 +69,20 @@ class EpochBatch:
         return len(self.idx)
 
 
-def in_epochs(plan: list, n: int, batch_size: int) -> list[EpochBatch]:
-    """The batches of a `pretraining_plan` of `n` examples, each with its epoch."""
-    per_epoch = len(range(batch_size, n, batch_size)) + 1  # pretraining_plan's cuts, plus one
-    return [EpochBatch(i // per_epoch, idx) for i, idx in enumerate(plan)]
+def pretraining_plan(n: int, batch_size: int, num_steps: int,
+                     gen: torch.Generator) -> list[EpochBatch]:  # fmt: skip
+    """`num_steps` batches of example indices: seeded shuffled epochs, cut where steps run out;
+    each batch knows its epoch (dynamic masking draws by epoch)."""
+    plan: list[EpochBatch] = []
+    epoch = 0
+    while len(plan) < num_steps:
+        order = torch.randperm(n, generator=gen).numpy()
+        plan += [
+            EpochBatch(epoch, idx)
+            for idx in np.array_split(order, range(batch_size, n, batch_size))
+        ]
+        epoch += 1
+    return plan[:num_steps]
 
 
 def length_buckets(lengths: np.ndarray, batch_size: int, gen: torch.Generator) -> list:

@@ -35,7 +35,6 @@ from bertpipe.batches import (
     EpochBatch,
     Part,
     collate_examples,
-    in_epochs,
     pretraining_plan,
 )
 from bertpipe.heldout import HeldOut
@@ -117,7 +116,7 @@ def pretrain(model: BERTModel, examples: Arrays, cfg: config.PretrainConfig, rt:
     takes the examples' `specials`."""
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(examples["nsp_labels"])
-    plan = in_epochs(pretraining_plan(n, cfg.batch_size, cfg.num_steps, gen), n, cfg.batch_size)
+    plan = pretraining_plan(n, cfg.batch_size, cfg.num_steps, gen)
     dynamic = None
     if cfg.masking == "dynamic":
         if specials is None:
