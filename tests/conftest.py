@@ -449,3 +449,14 @@ def busy_core() -> Iterator[int]:
         busy.kill()
         busy.wait()
         os.sched_setaffinity(0, before)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hub-layout tiny BERT folder (`hf_tiny.write_tiny_bert`), built once per session.
+
+    Imported here, not at the top: only the hf_bert route's tests pay for `transformers`.
+    """
+    from hf_tiny import write_tiny_bert
+
+    return write_tiny_bert(tmp_path_factory.mktemp("hf") / "tiny")
