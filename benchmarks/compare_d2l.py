@@ -3,6 +3,7 @@
     python benchmarks/compare_d2l.py [--shared ../shared/data] [--wiki-repeat 5]
         [--snli-pairs 100000] [--steps 5] [--repeats 2] [--contend N] [--json OUT]
         [--wiki FILE] [--snli-file FILE]      (real files instead of the repeated ones)
+        [--peer]                              (transformers' BERT beside both: peer_transformers.py)
 
 Data: WikiText = (wiki.valid.tokens + wiki.test.tokens) x --wiki-repeat (5: about the size of
 the real training file); SNLI = the rows of snli_1.0_dev.txt cycled to --snli-pairs rows. Both
@@ -16,6 +17,10 @@ the script checks that both sides did the same work (example and pair counts, vo
 size, steps, batch size) and stops if not. MFU: useful model FLOP/s of our pretraining step
 (see ours.useful_flops) over the best fp32 2048^3 matmul FLOP/s measured in the same run.
 Waits (up to --wait-max seconds) for the 1-minute load average to fall below --quiet first.
+
+--peer: the training jobs also run `peer_transformers.py` (Hugging Face transformers'
+BertForPreTraining and BertForSequenceClassification on the same examples and pairs) as a third
+side, alternating with the other two; a second table gives ours against it.
 
 --contend N: N busy processes (`while True: pass`) run through every measurement of both sides,
 as a user's other work would; the matmul peak is measured before they start. The training
@@ -150,12 +155,15 @@ def measure(args: argparse.Namespace, wiki: Path, snli: Path, tmp: Path) -> dict
             [[*d2l, "finetune", "--wiki", str(wiki), "--snli-file", str(snli), *steps]],
         ),
     }  # fmt: skip
+    peer = [py, str(HERE / "peer_transformers.py")]  # takes d2l's arguments
     matmul = [py, str(HERE / "ours.py"), "matmul"]
     results: dict = {"ours": {}, "d2l": {}, "ours_1_thread": {}, "matmul": [run_json(matmul, env)]}
     with contention(args.contend):
         for name in args.only or list(jobs):
             ours_cmd, d2l_cmds = jobs[name]
             order = [("ours", ours_cmd)] + [("d2l", c) for c in d2l_cmds]
+            if args.peer and name in PEER_FIGURES:
+                order.append(("transformers", [*peer, *d2l_cmds[0][2:]]))
             if args.contend and name in ("pretrain", "finetune"):
                 order.append(("ours_1_thread", [*ours_cmd, "--threads", "1"]))
             runs: dict[str, list] = {side: [] for side, _ in order}
@@ -166,7 +174,7 @@ def measure(args: argparse.Namespace, wiki: Path, snli: Path, tmp: Path) -> dict
                 if name == "pretrain" and not args.contend:
                     results["matmul"].append(run_json(matmul, env))
             for side, found in runs.items():
-                results[side][name] = found
+                results.setdefault(side, {})[name] = found
     return results
 
 
@@ -243,6 +251,26 @@ def table(results: dict, contended: bool) -> tuple[list[dict], dict]:
     return rows, checks
 
 
+PEER_FIGURES = {"pretrain": ("pretraining step: sentence pairs/s", "pairs_per_sec"),
+                "finetune": ("fine-tuning step: examples/s", "examples_per_sec")}  # fmt: skip
+
+
+def peer_table(results: dict) -> str:
+    """Ours against transformers (--peer), best of each side, after checking the same work."""
+    lines = ["| figure | ours | transformers | ratio |", "|---|---|---|---|"]
+    for name, (figure, key) in PEER_FIGURES.items():
+        if name not in results.get("transformers", {}):
+            continue
+        mine, peer = results["ours"][name], results["transformers"][name]
+        for a, b in zip(mine, peer, strict=True):
+            work = ("steps", "batch_size", "threads")
+            if [a[k] for k in work] != [b[k] for k in work]:
+                sys.exit(f"not the same work: {name}: ours {a}, transformers {b}")
+        o, t = best(mine, key, True)[key], best(peer, key, True)[key]
+        lines.append(f"| {figure} | {o} | {t} | {o / t:.2f} |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| figure | ours | d2l | ratio | target | met? | peak RSS MB ours / d2l |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -296,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="N",
         help="busy processes running through every measurement (default 0)",
     )
+    parser.add_argument("--peer", action="store_true", help="also time transformers' BERT")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
     args.d2l = args.d2l or args.shared.resolve().parent / "bench" / "d2l_reference.py"
@@ -317,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(info))
     print(json.dumps(checks))
     print(markdown(rows))
+    if args.peer:
+        print(peer_table(results))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "checks": checks, "rows": rows,
                                          "runs": results}, indent=2) + "\n")  # fmt: skip
