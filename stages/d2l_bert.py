@@ -22,7 +22,6 @@ import shutil
 
 from bertpipe import artifacts, checkpoints, config, d2l_bert, download
 from bertpipe.cli import run, stage_parser
-from bertpipe.errors import UserError
 from bertpipe.model import num_parameters
 
 log = logging.getLogger(__name__)
@@ -34,11 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
     args = parser.parse_args(argv)
-    entries = config.load(args.params, "d2l_bert")
-    if args.name not in entries:
-        raise UserError(f"{args.params}: d2l_bert has no entry '{args.name}' "
-                        f"(has: {', '.join(entries) or 'none'})")  # fmt: skip
-    cfg = entries[args.name]
+    cfg = config.load_entry(args.params, "d2l_bert", args.name)
     d2l_bert.check_heads(cfg, f"{args.params}: d2l_bert.{args.name}")
     files = dict.fromkeys((d2l_bert.PARAMS_FILE, d2l_bert.VOCAB_FILE))
     source = config.DownloadConfig(cfg.mirrors, cfg.sha1, files)

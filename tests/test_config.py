@@ -44,6 +44,40 @@ def test_d2l_bert_entries_are_checked_each(tmp_path):
         config.load(write_params(tmp_path, doc), "d2l_bert")
 
 
+def test_hf_bert_entries_are_checked_each(tmp_path):
+    doc = repo_params()
+    digest = "0" * 64
+    doc["hf_bert"] = {
+        "tiny": {"source": "google/bert_uncased_L-2_H-128_A-2", "revision": "main", "sha256": None},
+        "mine": {"source": "models/mine", "revision": None, "sha256": digest},
+    }
+    entries = config.load(write_params(tmp_path, doc), "hf_bert")
+    assert entries["tiny"] == config.HfBertConfig("google/bert_uncased_L-2_H-128_A-2", "main", None)
+    assert entries["mine"] == config.HfBertConfig("models/mine", None, digest)
+    doc["hf_bert"]["mine"]["sha256"] = "ABC"
+    with pytest.raises(ParamsError, match=r"hf_bert\.mine\.sha256: expected null or 64 lower"):
+        config.load(write_params(tmp_path, doc), "hf_bert")
+    del doc["hf_bert"]["mine"]["sha256"]
+    with pytest.raises(ParamsError, match=r"hf_bert\.mine: missing key\(s\) sha256"):
+        config.load(write_params(tmp_path, doc), "hf_bert")
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "ok"),
+    [("pretrain", True), ("d2l_bert/bert_small", True), ("hf_bert/bert_tiny", True),
+     ("hf_bert/", False), ("hf_bert/a/b", False), ("hf/bert_tiny", False), ("bert", False)],
+)  # fmt: skip
+def test_finetune_starts_from_one_of_the_three_routes(tmp_path, pretrained, ok):
+    doc = repo_params()
+    doc["finetune"]["pretrained"] = pretrained
+    path = write_params(tmp_path, doc)
+    if ok:
+        assert config.load(path, "finetune").pretrained == pretrained
+        return
+    with pytest.raises(ParamsError, match=r"finetune\.pretrained: expected pretrain, d2l_bert/"):
+        config.load(path, "finetune")
+
+
 def test_values_keep_their_types():
     cfg = config.load(REPO / "params.yaml", "finetune")
     assert cfg.lr == pytest.approx(1e-4) and isinstance(cfg.lr, float)

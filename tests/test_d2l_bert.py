@@ -388,7 +388,7 @@ def test_the_imported_model_fine_tunes_on_snli_tokenised_with_its_vocabulary(
         "finetune": config.FinetuneConfig(16, 1.0e-3, 1, 0, pretrained="d2l_bert/tiny").__dict__,
     }))  # fmt: skip
     stage("make_snli").main(
-        ["--params", str(params), "--tables", str(snli), "--vocab", str(imported / "vocab.json"),
+        ["--params", str(params), "--tables", str(snli), "--pretrained", str(imported),
          "--out", "make_snli", "--metrics", "make_snli.json"]
     )  # fmt: skip
     snli_meta = artifacts.read_json(tmp_path / "make_snli" / "meta.json")

@@ -200,7 +200,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch, stage):
     (tmp_path / "params.yaml").write_text("make_snli:\n  max_len: 7\n")
     out, metrics = tmp_path / "make_snli", tmp_path / "metrics.json"
     argv = [f"--params={tmp_path / 'params.yaml'}", f"--tables={src}", f"--out={out}"]
-    argv += [f"--vocab={tmp_path / 'vocab.json'}", f"--metrics={metrics}"]
+    argv += [f"--pretrained={tmp_path}", f"--metrics={metrics}"]
     monkeypatch.setenv("BERTPIPE_WORKERS", "1")
 
     stage("make_snli").main(argv)
@@ -264,7 +264,7 @@ def test_stage_takes_the_special_ids_from_a_d2l_ordered_vocabulary(tmp_path, mon
     out = tmp_path / "make_snli"
     monkeypatch.setenv("BERTPIPE_WORKERS", "1")
     argv = [f"--params={tmp_path / 'params.yaml'}", f"--tables={src}", f"--out={out}"]
-    argv += [f"--vocab={tmp_path / 'vocab.json'}", f"--metrics={tmp_path / 'm.json'}"]
+    argv += [f"--pretrained={tmp_path}", f"--metrics={tmp_path / 'm.json'}"]
     stage("make_snli").main(argv)
     meta = artifacts.read_json(out / "meta.json")
     assert {k: meta[k] for k in ("unk_id", "pad_id", "mask_id", "cls_id", "sep_id")} == {

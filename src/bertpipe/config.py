@@ -9,6 +9,7 @@ last of two equal keys in a mapping without a word; here that is an error naming
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -164,16 +165,35 @@ class D2lBertConfig:
 
 
 @dataclass(frozen=True)
+class HfBertConfig:
+    """A Google BERT in Hugging Face's layout to fine-tune from: on the Hub, or in a local folder.
+
+    DVC cannot give each entry of a foreach stage deps of its own, so a local folder is tracked
+    by its content through `sha256` (see bertpipe.hf_bert.folder_sha256), as archives are by
+    their SHA-1; a Hub entry by `revision`, whose commit the stage records.
+    """
+
+    source: str  # a Hub id (google/bert_uncased_L-2_H-128_A-2) or a local folder
+    revision: str | None  # Hub: a branch, tag or commit; null: `source` is a local folder
+    # the digest of its files: required for a local folder, checked when given for the Hub
+    sha256: str | None = field(metadata={"check": (
+        lambda v: v is None or re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+        "null or 64 lower-case hex digits (the digest the hf_bert stage prints)",
+    )})  # fmt: skip
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     batch_size: int = _positive()
     lr: float = _positive()
     num_epochs: int = _positive()
     seed: int
-    # where fine-tuning starts: `pretrain` (this pipeline's model) or `d2l_bert/<name>` (d2l's
-    # published weights, listed under d2l_bert); dvc.yaml reads it, to wire the stages
+    # where fine-tuning starts: `pretrain` (this pipeline's model), `d2l_bert/<name>` (d2l's
+    # published weights) or `hf_bert/<name>` (a Google BERT through Hugging Face), the names
+    # listed under d2l_bert / hf_bert; dvc.yaml reads it, to wire the stages
     pretrained: str = field(default="pretrain", metadata={"check": (
-        lambda v: v == "pretrain" or (v.startswith("d2l_bert/") and "/" not in v[9:]),
-        "pretrain or d2l_bert/<name of a d2l_bert entry>",
+        lambda v: v == "pretrain" or re.fullmatch(r"(d2l_bert|hf_bert)/[^/]+", v) is not None,
+        "pretrain, d2l_bert/<name of a d2l_bert entry> or hf_bert/<name of an hf_bert entry>",
     )})  # fmt: skip
     warmup_fraction: float = _fraction(default=0.0)  # as in `pretrain`
     lr_schedule: str = _one_of(*SCHEDULES, default="constant")
@@ -202,6 +222,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "pretrain": PretrainConfig,
     "d2l_bert": dict[str, D2lBertConfig],  # named archives; `{}`: none (the default)
+    "hf_bert": dict[str, HfBertConfig],  # named Hugging Face BERTs; `{}`: none (the default)
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
     "baseline": BaselineConfig,
@@ -233,6 +254,16 @@ def load(path: str | Path, name: str) -> Any:
     if name not in document:
         raise ParamsError(f"{path}: missing section '{name}'")
     return _convert(document[name], SECTIONS[name], f"{path}: {name}")
+
+
+def load_entry(path: str | Path, section: str, name: str) -> Any:
+    """Entry `name` of a section of named entries (d2l_bert, hf_bert): one per foreach stage."""
+    entries = load(path, section)
+    if name not in entries:
+        raise ParamsError(
+            f"{path}: {section} has no entry '{name}' (has: {', '.join(entries) or 'none'})"
+        )
+    return entries[name]
 
 
 def parse_section(cls: type[T], values: Any, where: str) -> T:

@@ -7,6 +7,12 @@ max_len as int64 tensors built pair by pair in a Pool(4). Here the same pairs ar
 (one flat id array + offsets; training pads each batch to its longest member) and built with
 numpy per chunk of thousands of pairs, in a process pool that gets the vocabulary once per worker.
 The output bytes do not depend on the number of workers or the chunk size.
+
+On the hf_bert route the model brings its own tokenizer, which applies its own casing and
+normalisation: the raw `sentence1`/`sentence2` columns are read instead, and each chunk of pairs
+is encoded by the tokenizer itself (`TokenizerPairEncoder`), `[CLS] p [SEP] h [SEP]` truncated
+longest-first as `tokenizer(p, h, truncation="longest_first", max_length=max_len)` does, into
+the same on-disk layout.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +41,7 @@ log = logging.getLogger(__name__)
 
 LABELS = ("entailment", "contradiction", "neutral")  # label id = index, as in d2l
 COLUMNS = ("gold_label", "sentence1_binary_parse", "sentence2_binary_parse")
+RAW_COLUMNS = ("gold_label", "sentence1", "sentence2")  # the text as annotators wrote it
 SPLITS = ("train", "test", "dev")  # dev is optional: d2l never reads it
 REQUIRED_SPLITS = ("train", "test")
 FIX_DOWNLOAD = "download it again (dvc repro -f download_snli)"
@@ -61,7 +69,7 @@ def clean(parse: str) -> str:
 class Pairs:
     """The labelled pairs of one SNLI file, in file order."""
 
-    premises: list[str]  # cleaned (see `clean`)
+    premises: list[str]  # cleaned (see `clean`), or raw (`read_snli(..., raw=True)`)
     hypotheses: list[str]
     labels: np.ndarray  # (N,) uint8, index into LABELS
     dropped_no_label: int  # rows whose gold label is '-' (no annotator consensus)
@@ -73,16 +81,20 @@ class Pairs:
         return {name: int(c) for name, c in zip(LABELS, counts, strict=True)}
 
 
-def read_snli(path: str | Path) -> Pairs:
+def read_snli(path: str | Path, raw: bool = False) -> Pairs:
     """Read one `snli_1.0_<split>.txt`, checking its header and that every row is whole.
 
+    The sentences are d2l's: the binary parses, cleaned (`clean`); or with `raw`, the
+    `sentence1`/`sentence2` text as it is, for a tokenizer that does its own normalisation.
     Rows labelled '-' are dropped, as in d2l. Rows with any other label outside LABELS, and blank
     lines, are not in SNLI 1.0's files: they are dropped too, counted apart and warned about.
     """
     path = Path(path)
     data = path.read_bytes()
+    columns = RAW_COLUMNS if raw else COLUMNS
+    text = (lambda s: s) if raw else clean
     try:
-        _check_header(path, data)
+        _check_header(path, data, columns)
         blank_lines = _check_field_counts(path, data)
         # QUOTE_NONE: SNLI text contains '"' characters; na_filter=False keeps 'null'/'NA' as text
         frame = pd.read_csv(
@@ -90,7 +102,7 @@ def read_snli(path: str | Path) -> Pairs:
             sep="\t",
             quoting=csv.QUOTE_NONE,
             dtype=str,
-            usecols=list(COLUMNS),
+            usecols=list(columns),
             na_filter=False,
             engine="c",
         )
@@ -111,8 +123,8 @@ def read_snli(path: str | Path) -> Pairs:
             "nearly all have one"
         )
     pairs = Pairs(
-        premises=[clean(s) for s in frame["sentence1_binary_parse"][keep]],
-        hypotheses=[clean(s) for s in frame["sentence2_binary_parse"][keep]],
+        premises=[text(s) for s in frame[columns[1]][keep]],
+        hypotheses=[text(s) for s in frame[columns[2]][keep]],
         labels=codes[keep].astype(np.uint8),
         dropped_no_label=int(np.count_nonzero(no_label)),
         dropped_unknown_label=int(unknown.sum()),
@@ -135,15 +147,15 @@ def read_snli(path: str | Path) -> Pairs:
     return pairs
 
 
-def _check_header(path: Path, data: bytes) -> None:
+def _check_header(path: Path, data: bytes, columns: tuple[str, ...]) -> None:
     if not data.strip():
         raise UserError(f"{path}: empty file; {FIX_DOWNLOAD}")
     header = data.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r").split("\t")
-    missing = [c for c in COLUMNS if c not in header]
+    missing = [c for c in columns if c not in header]
     if missing:
         raise UserError(
             f"{path}: header lacks column(s) {', '.join(missing)}; expected SNLI 1.0's "
-            f"tab-separated header ({', '.join(COLUMNS)}, ...); {FIX_DOWNLOAD}"
+            f"tab-separated header ({', '.join(columns)}, ...); {FIX_DOWNLOAD}"
         )
 
 
@@ -276,6 +288,30 @@ class PairEncoder:
         return np.fromiter(ids, dtype=self.dtype, count=int(lengths.sum())), lengths
 
 
+@dataclass(frozen=True)
+class TokenizerPairEncoder:
+    """The hf_bert route's encoder: the model's own tokenizer, sent to each worker once."""
+
+    # a `tokenizers.Tokenizer` (transformers' fast tokenizer's backend) set to truncate pairs
+    # longest-first to max_len, without padding (bertpipe.hf_bert.pair_tokenizer)
+    tokenizer: Any
+    max_len: int  # of `[CLS] p [SEP] h [SEP]`
+    dtype: np.dtype  # artifacts.id_dtype(len(tokenizer))
+
+    def encode(self, premises: list[str], hypotheses: list[str]) -> Encoded:
+        """Encode one chunk of raw pairs in one batch call to the tokenizer."""
+        encodings = self.tokenizer.encode_batch(list(zip(premises, hypotheses, strict=True)))
+        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))  # (n,)
+        ids = chain.from_iterable(e.ids for e in encodings)
+        token_ids = np.fromiter(ids, dtype=self.dtype, count=int(lengths.sum()))
+        # segment 0 is [CLS] p [SEP]: the hypothesis starts after its last position
+        starts = (e.type_ids.count(0) for e in encodings)
+        segment_starts = np.fromiter(starts, dtype=np.int16, count=len(encodings))  # (n,)
+        truncated = sum(1 for e in encodings if e.overflowing)  # what truncation cut off
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return Encoded(token_ids, offsets, segment_starts, truncated)
+
+
 def _starts(lengths: np.ndarray) -> np.ndarray:
     """Start of each ragged piece in the concatenation of pieces of these lengths."""
     return np.cumsum(lengths) - lengths
@@ -286,10 +322,10 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - _starts(lengths), lengths) + np.arange(lengths.sum())
 
 
-_worker_encoder: PairEncoder | None = None  # set once per worker process by _init_worker
+_worker_encoder: PairEncoder | TokenizerPairEncoder | None = None  # set by _init_worker
 
 
-def _init_worker(encoder: PairEncoder) -> None:
+def _init_worker(encoder: PairEncoder | TokenizerPairEncoder) -> None:
     global _worker_encoder
     _worker_encoder = encoder
 
@@ -300,7 +336,7 @@ def _encode_in_worker(chunk: tuple[list[str], list[str]]) -> Encoded:
 
 
 def encode_pairs(
-    encoder: PairEncoder,
+    encoder: PairEncoder | TokenizerPairEncoder,
     premises: list[str],
     hypotheses: list[str],
     workers: int = 1,
