@@ -1,7 +1,7 @@
 """Fine-tune the pretrained BERT on SNLI: a new 3-way head on the <cls> vector, d2l's epochs.
 
-Reads:  --pretrained (data/pretrain/model.safetensors, or data/d2l_bert/<name>/ as
-        finetune.pretrained says), --snli (data/make_snli/)
+Reads:  --pretrained (the folder finetune.pretrained names: data/pretrain/, data/d2l_bert/<name>/
+        or data/hf_bert/<name>/, see bertpipe.routes), --snli (data/make_snli/)
 Writes: --out (data/finetune/model.safetensors), --metrics (metrics/finetune.json),
         --live (metrics/finetune_live/: DVCLive curves under plots/metrics/, x = step);
         the dev and test accuracies after every epoch (dev only if make_snli wrote one)
@@ -18,10 +18,9 @@ import logging
 
 import torch
 
-from bertpipe import artifacts, batches, checkpoints, config, curves, runtime
+from bertpipe import artifacts, batches, checkpoints, config, curves, routes, runtime
 from bertpipe.cli import run, stage_parser
 from bertpipe.finetune import finetune
-from bertpipe.model import BERTClassifier
 from bertpipe.resume import Resume, fingerprint
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,12 @@ def held_out_splits(folder: str, splits: list[str]) -> dict[str, batches.Arrays]
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--pretrained", required=True, help="pretrain checkpoint (.safetensors)")
+    parser.add_argument(
+        "--pretrained",
+        required=True,
+        help="folder of the model to start from: data/pretrain, data/d2l_bert/<name> or "
+        "data/hf_bert/<name>",
+    )
     parser.add_argument("--snli", required=True, help="make_snli output folder")
     parser.add_argument("--out", required=True, help="output folder for model.safetensors")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = config.load(args.params, "finetune")
     snli_meta = batches.load_snli(args.snli)
-    bert, bert_meta = checkpoints.load_bert(args.pretrained)
+    bert, bert_meta = routes.load_pretrained(args.pretrained)
     checkpoints.check_snli_fits(snli_meta, args.snli, bert_meta, args.pretrained)
     train = batches.load_snli_split(args.snli, "train")
     held_out = held_out_splits(args.snli, snli_meta["splits"])
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         args.device, args.workers, args.compile, distributed=True, threads=args.threads
     ) as rt:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
-        model = BERTClassifier(bert, num_classes=len(labels))
+        model = routes.new_classifier(bert, bert_meta, num_classes=len(labels))
         with curves.curves(args.live, rt) as live:
             metrics = finetune(model, train, held_out, cfg, rt, live, resume)
         if not rt.is_main:

@@ -396,7 +396,7 @@ def test_the_imported_model_fine_tunes_on_snli_tokenised_with_its_vocabulary(
     first = np.load(tmp_path / "make_snli" / "train" / "token_ids.npy")[0]
     assert first == tokens.index("<cls>")
     stage("finetune").main(
-        ["--params", str(params), "--pretrained", str(imported / "model.safetensors"),
+        ["--params", str(params), "--pretrained", str(imported),
          "--snli", "make_snli", "--out", "finetune", "--metrics", "finetune.json",
          "--live", "finetune_live", "--device", "cpu"]
     )  # fmt: skip

@@ -59,7 +59,7 @@ def test_the_stage_records_the_max_len_of_the_pairs_it_fine_tuned_on(tmp_path, s
     snli = fake.snli(tmp_path / "snli", {"train": 40, "test": 10}, max_len=30)
     stage("finetune").main([
         "--params", str(ROOT / "params.yaml"), "--snli", str(snli),
-        "--pretrained", str(fake.bert(tmp_path / "bert.safetensors")),
+        "--pretrained", str(fake.bert(tmp_path / "bert/model.safetensors").parent),
         "--out", str(tmp_path / "finetune"), "--metrics", str(tmp_path / "finetune.json"),
         "--live", str(tmp_path / "live"), "--device", "cpu", "--threads", "1",
     ])  # fmt: skip

@@ -59,7 +59,7 @@ def inputs(tmp_path_factory, fake) -> Path:
     fake.corpus(folder / "tokenize_wikitext")
     fake.snli(folder / "make_snli", {"train": TRAIN_PAIRS, "test": 60, "dev": 60})
     bert = config.ModelConfig(**PARAMS["model"])
-    fake.bert(folder / "bert.safetensors", cfg=bert)
+    fake.bert(folder / "bert/model.safetensors", cfg=bert)
     return folder
 
 
@@ -69,7 +69,7 @@ def command(stage: str, inputs: Path, run: Path) -> list[str]:
         reads = ["--examples", str(inputs / "make_examples"), "--corpus",
                  str(inputs / "tokenize_wikitext")]  # fmt: skip
     else:
-        reads = ["--pretrained", str(inputs / "bert.safetensors"), "--snli",
+        reads = ["--pretrained", str(inputs / "bert"), "--snli",
                  str(inputs / "make_snli")]  # fmt: skip
     return [
         sys.executable, str(ROOT / "stages" / f"{stage}.py"), "--params", str(run / "params.yaml"),

@@ -62,7 +62,7 @@ def test_pretrain_finetune_evaluate_stages_end_to_end(work, stage, fake):
     assert pretrain["num_steps"] == 12 and pretrain["num_parameters"] > 0
     assert len(fake.curve(work / "metrics/pretrain_live", "train/mlm_loss")) == 12
 
-    stage("finetune").main(finetune_args(work, work / "data/pretrain/model.safetensors"))
+    stage("finetune").main(finetune_args(work, work / "data/pretrain"))
     classifier, meta = checkpoints.load_classifier(work / "data/finetune/model.safetensors")
     assert (
         meta["kind"] == "classifier" and meta["labels"] == fake.LABELS and meta["num_classes"] == 3
@@ -117,7 +117,9 @@ def test_pretraining_gives_the_same_bytes_twice_and_at_1_and_2_threads(work, sta
 
 def test_finetuning_gives_the_same_bytes_twice_and_at_1_and_2_threads(work, stage, fake):
     """With dropout on, as `dvc repro` runs it."""
-    pretrained = fake.bert(work / "bert.safetensors", cfg=config.ModelConfig(24, 48, 2, 2, 0.1, 40))
+    pretrained = fake.bert(
+        work / "bert/model.safetensors", cfg=config.ModelConfig(24, 48, 2, 2, 0.1, 40)
+    ).parent
     runs = []
     for threads in ("2", "2", "1"):
         stage("finetune").main([*finetune_args(work, pretrained), "--threads", threads])
@@ -151,7 +153,7 @@ def test_pretrain_refuses_examples_longer_than_the_positional_embedding(work, st
 
 
 def test_finetune_refuses_snli_from_another_vocabulary(work, stage, fake):
-    ckpt = fake.bert(work / "bert.safetensors", sha="f" * 40)
+    ckpt = fake.bert(work / "bert/model.safetensors", sha="f" * 40).parent
     with pytest.raises(UserError, match="vocabulary"):
         stage("finetune").main(finetune_args(work, ckpt))
     assert not (work / "data/finetune").exists() and not (work / "metrics").exists()
@@ -159,7 +161,7 @@ def test_finetune_refuses_snli_from_another_vocabulary(work, stage, fake):
 
 def test_finetune_refuses_pairs_longer_than_the_positional_embedding(work, stage, fake):
     cfg = config.ModelConfig(24, 48, 2, 2, 0.1, max_position=16)
-    ckpt = fake.bert(work / "bert.safetensors", cfg=cfg)
+    ckpt = fake.bert(work / "bert/model.safetensors", cfg=cfg).parent
     with pytest.raises(UserError, match="exceeds the positional embedding"):
         stage("finetune").main(finetune_args(work, ckpt))
 
@@ -225,7 +227,7 @@ def test_two_gloo_processes_train_as_one_process_does(tmp_path, monkeypatch, sta
     dynamic = {"num_steps": 9, "masking": "dynamic"}
     params = {**PARAMS, "model": {**PARAMS["model"], "dropout": 0.0},
               "pretrain": {**PARAMS["pretrain"], **dynamic}}  # fmt: skip
-    bert = fake.bert(tmp_path / "bert.safetensors")  # dropout 0
+    bert = fake.bert(tmp_path / "bert/model.safetensors").parent  # dropout 0
     one, two = tmp_path / "one", tmp_path / "two"
     for root in (one, two):
         fake.examples(root / "data/make_examples", n=129)  # batches of 64, 64, 1: three epochs

@@ -3,16 +3,25 @@
 The header (`artifacts.save_checkpoint`'s meta) is defined here once, for the writers (the
 pretrain and finetune stages) and the readers (finetune, evaluate):
 
-    kind          "bert" (BERTModel: encoder, MLM and NSP heads) or "classifier" (BERTClassifier)
-    model         the `model` params section the weights were trained with
+    kind          "bert" (a pretrained BERT) or "classifier" (one fine-tuned on SNLI)
+    encoder       absent: this pipeline's BERTEncoder (model.BERTModel / BERTClassifier; d2l's
+                  weights too); "transformers": transformers' BertModel with its pooler
+                  (hf_model.HFClassifier: the hf_bert route)
+    model         this pipeline's encoder: the `model` params section the weights were trained
+                  with; transformers': the BertConfig as a dict (what rebuilds it offline)
     vocab_size    rows of the token embedding
-    vocab_sha1    SHA-1 of the vocab.json that gives the ids meaning
+    vocab_sha1    SHA-1 of the file that gives the ids meaning: vocab.json, or on the hf_bert
+                  route the tokenizer's tokenizer.json (hf_bert.tokenizer_sha1)
     num_classes, labels   classifier only: the label names in output order
     max_len       classifier only: make_snli.max_len of the pairs it was fine-tuned on, which
                   `bertpipe predict` truncates new pairs to
 
 A header without every key of its kind (one an older version wrote) is refused, with one line
-that says which stage to rerun.
+that says which stage to rerun. The hf_bert route's pretrained models are not checkpoints of
+this format: they are `save_pretrained` folders (hf_model.load_bert gives their header).
+
+This module builds this pipeline's models only; `routes` builds a classifier of either encoder,
+so that `transformers` is imported only where a model of the hf_bert route is met.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from bertpipe.model import BERTClassifier, BERTModel
 BERT_KEYS = ("kind", "model", "vocab_size", "vocab_sha1")
 KEYS = {"bert": BERT_KEYS, "classifier": (*BERT_KEYS, "num_classes", "labels", "max_len")}
 WRITER = {"bert": "pretrain", "classifier": "finetune"}
+TRANSFORMERS = "transformers"  # the `encoder` of the hf_bert route's headers
 
 
 def bert_meta(cfg: config.ModelConfig, vocab_size: int, vocab_sha1: str) -> dict[str, Any]:
@@ -40,6 +50,29 @@ def bert_meta(cfg: config.ModelConfig, vocab_size: int, vocab_sha1: str) -> dict
         "vocab_size": vocab_size,
         "vocab_sha1": vocab_sha1,
     }
+
+
+def hf_bert_meta(bert_config: dict[str, Any], tokenizer_sha1: str) -> dict[str, Any]:
+    """The header of a transformers BertModel whose BertConfig is `bert_config` (a dict)."""
+    return {
+        "kind": "bert",
+        "encoder": TRANSFORMERS,
+        "model": bert_config,
+        "vocab_size": bert_config["vocab_size"],
+        "vocab_sha1": tokenizer_sha1,
+    }
+
+
+def is_transformers(meta: dict[str, Any]) -> bool:
+    """Whether a header describes transformers' BertModel (the hf_bert route)."""
+    return meta.get("encoder") == TRANSFORMERS
+
+
+def max_position(meta: dict[str, Any]) -> int:
+    """The most tokens the header's model reads (its positional embedding's rows)."""
+    return int(
+        meta["model"]["max_position_embeddings" if is_transformers(meta) else "max_position"]
+    )
 
 
 def classifier_meta(pretrained: dict[str, Any], labels: list[str], max_len: int) -> dict[str, Any]:
@@ -56,7 +89,8 @@ def save(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     artifacts.save_checkpoint(path, model.state_dict(), meta)
 
 
-def _load(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any], Any]:
+def read(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors, header) of a checkpoint of `kind`, its header checked complete."""
     rerun = f"run the {WRITER[kind]} stage first"
     if not Path(path).is_file():
         raise UserError(f"{path}: no such checkpoint; {rerun}")
@@ -72,11 +106,19 @@ def _load(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any
             f"{path}: the checkpoint header lacks {', '.join(missing)} (an older version wrote "
             f"it); rerun the {WRITER[kind]} stage"
         )
-    cfg = config.parse_section(config.ModelConfig, meta["model"], f"{path}: meta model")
-    return tensors, meta, cfg
+    return tensors, meta
 
 
-def _load_weights(model: nn.Module, tensors: dict[str, Tensor], path: str | Path) -> None:
+def _model_config(meta: dict[str, Any], path: str | Path) -> config.ModelConfig:
+    if is_transformers(meta):
+        raise UserError(
+            f"{path}: holds transformers' BertModel (the hf_bert route); load it with "
+            f"routes.load_classifier"
+        )
+    return config.parse_section(config.ModelConfig, meta["model"], f"{path}: meta model")
+
+
+def load_weights(model: nn.Module, tensors: dict[str, Tensor], path: str | Path) -> None:
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:
@@ -88,33 +130,41 @@ def _load_weights(model: nn.Module, tensors: dict[str, Tensor], path: str | Path
 
 def load_bert(path: str | Path) -> tuple[BERTModel, dict[str, Any]]:
     """The pretrained BERTModel (on CPU) and its checkpoint meta."""
-    tensors, meta, cfg = _load(path, "bert")
-    model = BERTModel(int(meta["vocab_size"]), cfg)
-    _load_weights(model, tensors, path)
+    tensors, meta = read(path, "bert")
+    model = BERTModel(int(meta["vocab_size"]), _model_config(meta, path))
+    load_weights(model, tensors, path)
     return model, meta
 
 
 def load_classifier(path: str | Path) -> tuple[BERTClassifier, dict[str, Any]]:
     """The fine-tuned BERTClassifier (on CPU) and its checkpoint meta."""
-    tensors, meta, cfg = _load(path, "classifier")
-    model = BERTClassifier(BERTModel(int(meta["vocab_size"]), cfg), int(meta["num_classes"]))
-    _load_weights(model, tensors, path)
-    return model, meta
+    tensors, meta = read(path, "classifier")
+    return classifier_from(tensors, meta, path), meta
+
+
+def classifier_from(tensors: dict[str, Tensor], meta: dict[str, Any], path: Any) -> BERTClassifier:
+    """The BERTClassifier a classifier checkpoint's tensors and header describe (CPU)."""
+    bert = BERTModel(int(meta["vocab_size"]), _model_config(meta, path))
+    model = BERTClassifier(bert, int(meta["num_classes"]))
+    load_weights(model, tensors, path)
+    return model
 
 
 def check_snli_fits(
     snli_meta: dict[str, Any], snli_path: Any, model_meta: dict[str, Any], model_path: Any
 ) -> None:
-    """SNLI ids must come from the checkpoint's vocabulary, and its pairs must fit max_position."""
+    """SNLI ids must come from the model's vocabulary (or tokenizer), and its pairs must fit
+    the model's positions; for every route."""
     if snli_meta["vocab_sha1"] != model_meta["vocab_sha1"]:
+        ids = "tokenizer" if is_transformers(model_meta) else "vocabulary"
         raise UserError(
             f"{snli_path}: SNLI was tokenised with vocabulary {snli_meta['vocab_sha1'][:10]}, "
-            f"but {model_path} was trained with {model_meta['vocab_sha1'][:10]}; "
-            f"rebuild make_snli with the checkpoint's vocab.json"
+            f"but {model_path} was trained with {ids} {model_meta['vocab_sha1'][:10]}; "
+            f"rebuild make_snli from the model's own folder (the same finetune.pretrained)"
         )
-    max_position = model_meta["model"]["max_position"]
-    if snli_meta["max_len"] > max_position:
+    most = max_position(model_meta)
+    if snli_meta["max_len"] > most:
         raise UserError(
             f"{snli_path}: make_snli.max_len {snli_meta['max_len']} exceeds the positional "
-            f"embedding of {model_path} ({max_position}); lower make_snli.max_len"
+            f"embedding of {model_path} ({most}); lower make_snli.max_len"
         )

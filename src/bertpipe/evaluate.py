@@ -12,18 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
-from bertpipe import batches, checkpoints, metrics
+from bertpipe import batches, checkpoints, metrics, routes
 from bertpipe.batches import Arrays
 from bertpipe.errors import UserError
 from bertpipe.inference import predict
-from bertpipe.model import BERTClassifier
 from bertpipe.runtime import Runtime
 
 
 def load(
     model_path: str | Path, snli_path: str | Path, split: str, params_path: str | Path
-) -> tuple[BERTClassifier, Arrays, list[str]]:
+) -> tuple[nn.Module, Arrays, list[str]]:
     """The classifier (CPU), the split's arrays and the label names, checked against each other.
 
     `params_path` names the file that chose `split`, for the error that says it is missing."""
@@ -33,7 +33,7 @@ def load(
             f"{params_path}: evaluate.split '{split}' is not in {snli_path} "
             f"(has {', '.join(snli_meta['splits'])}); pick one of those"
         )
-    model, meta = checkpoints.load_classifier(model_path)
+    model, meta = routes.load_classifier(model_path)
     checkpoints.check_snli_fits(snli_meta, snli_path, meta, model_path)
     labels = meta["labels"]
     if labels != snli_meta["labels"]:
@@ -42,7 +42,7 @@ def load(
 
 
 def evaluate(
-    model: BERTClassifier, data: Arrays, labels: list[str], batch_size: int, rt: Runtime
+    model: nn.Module, data: Arrays, labels: list[str], batch_size: int, rt: Runtime
 ) -> tuple[dict[str, Any], str]:
     """(classification report with `num_pairs`, the predictions CSV with its header line)."""
     predicted = predict(model, data, batch_size, rt)  # (N,)

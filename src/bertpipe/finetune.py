@@ -25,7 +25,6 @@ from bertpipe.batches import Arrays, Batch, collate_snli, length_buckets, snli_l
 from bertpipe.inference import evaluate_accuracy
 from bertpipe.loop import Trainer
 from bertpipe.losses import exact_sum
-from bertpipe.model import BERTClassifier
 from bertpipe.resume import Resume
 from bertpipe.runtime import Runtime, autocast, prepare
 
@@ -57,7 +56,7 @@ def accuracies(
 
 
 def finetune(
-    model: BERTClassifier,
+    model: nn.Module,
     train: Arrays,
     held_out: dict[str, Arrays],
     cfg: config.FinetuneConfig,

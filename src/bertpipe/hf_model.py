@@ -1,0 +1,155 @@
+"""The hf_bert route's models: `transformers`' own BertModel under d2l's classifier head.
+
+The encoder is `transformers.BertModel`, loaded from a `save_pretrained` folder
+(`data/hf_bert/<name>/`) with local files only, safetensors weights only, and no code from the
+folder (the class is named here; nothing is resolved through `auto_map`). Weights saved from
+`BertForPreTraining` or `BertForMaskedLM` carry a `bert.` prefix, which `from_pretrained`
+strips; the encoder and pooler must load completely (strictly): a folder whose weights lack a
+piece, or hold one of another shape, is refused in one line that names it. The heads the folder
+also holds (MLM, NSP) are left out.
+
+`HFClassifier` is d2l's classifier shape on it: BERT's pooler (Linear + Tanh of the [CLS]
+vector, pretrained) as the hidden layer and a new Linear(num_classes), with the call signature
+of `model.BERTClassifier` (tokens, segments, valid_lens -> logits), so the fine-tuning loop,
+its length-bucketed batches padded to the longest pair, evaluation and `bertpipe predict` run it
+unchanged. The valid lengths become BERT's attention mask: padding is never a key, and every
+real position's output is the one the pair alone gives (tested to 1e-5 against
+`BertForSequenceClassification` on the tokenizer's own unpadded inputs).
+
+Attention: `sdpa` (PyTorch's fused scaled-dot-product attention), not `eager`. Both give the
+same outputs to float rounding; measured on 2 cores at BERT-Tiny's shape (2 x 128, 2 heads,
+FFN 512; batches of 128 pairs of 20-59 tokens) a training step took 0.17-0.18 s with sdpa and
+0.21 s with eager at 2 threads (0.28 and 0.29 s at 1), and with sdpa only the LayerNorms'
+weight gradients depend on the thread count, where eager's softmax backward adds every
+attention projection's gradients to that list.
+
+`load_mlm` loads the folder's MLM head too (`BertForMaskedLM`) for `bertpipe fill-mask`.
+
+Only modules of this route import this one: it imports `transformers`, whose start-up the other
+stages must not pay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import BertConfig, BertForMaskedLM, BertModel
+from transformers.utils import logging as hf_logging
+
+from bertpipe import checkpoints, hf_bert
+from bertpipe.errors import UserError
+
+ATTENTION = "sdpa"  # see the module docstring
+# config.json keys that say where or by what a folder was written, not what the model is: left
+# out of checkpoint headers, so a checkpoint's bytes do not depend on the folder's path
+NOT_THE_MODEL = ("_name_or_path", "transformers_version")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence `from_pretrained`'s progress bar and load report: the loaders here check the
+    loading info themselves and say what matters in one line."""
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+def _from_pretrained(cls: type, folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """`cls.from_pretrained(folder)`: local safetensors only, float32; (model, loading info)."""
+    if not (folder / hf_bert.WEIGHTS_FILE).is_file():
+        raise UserError(
+            f"{folder}: no {hf_bert.WEIGHTS_FILE}; the hf_bert route loads safetensors weights "
+            f"only (dvc repro hf_bert@<name> fetches them)"
+        )
+    try:
+        with _quiet():
+            return cls.from_pretrained(
+                str(folder), local_files_only=True, use_safetensors=True,
+                output_loading_info=True, attn_implementation=ATTENTION, dtype=torch.float32,
+            )  # fmt: skip
+    except (OSError, ValueError, RuntimeError) as err:  # a broken config or weights file
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"{folder}: transformers cannot load {cls.__name__} from it ({detail}); fetch the "
+            f"folder again (dvc repro -f hf_bert@<name>)"
+        ) from None
+
+
+def _keys(names: Any, limit: int = 4) -> str:
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (
+        f" and {len(names) - limit} more" if len(names) > limit else ""
+    )
+
+
+def load_bert(folder: str | Path) -> tuple[BertModel, dict[str, Any]]:
+    """transformers' BertModel (encoder and pooler, CPU) from `folder` and its header
+    (`checkpoints.hf_bert_meta`: the config, the tokenizer's identity)."""
+    folder = Path(folder)
+    bert, info = _from_pretrained(BertModel, folder)
+    missing = set(info["missing_keys"]) | {k for k, *_ in info["mismatched_keys"]}
+    if missing:
+        raise UserError(
+            f"{folder}: its weights do not fit BERT's encoder and pooler (missing or of another "
+            f"shape: {_keys(missing)}); fine-tuning starts from the pooler, so the folder needs "
+            f"weights saved from BertModel or BertForPreTraining"
+        )
+    return bert, checkpoints.hf_bert_meta(config_dict(bert.config), hf_bert.tokenizer_sha1(folder))
+
+
+def config_dict(cfg: BertConfig) -> dict[str, Any]:
+    """The BertConfig as the header keeps it: what rebuilds the model, nothing about its folder."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in NOT_THE_MODEL}
+
+
+class HFClassifier(nn.Module):
+    """Sentence-pair classifier: transformers' BertModel, its pooler, a new Linear."""
+
+    def __init__(self, bert: BertModel, num_classes: int = 3):
+        super().__init__()
+        self.bert = bert
+        self.output = nn.Linear(bert.config.hidden_size, num_classes)
+
+    def forward(self, tokens: Tensor, segments: Tensor, valid_lens: Tensor) -> Tensor:
+        T = tokens.shape[1]
+        mask = torch.arange(T, device=tokens.device) < valid_lens[:, None]  # (B, T) real keys
+        out = self.bert(input_ids=tokens, token_type_ids=segments, attention_mask=mask.long())
+        return self.output(out.pooler_output)  # Linear+Tanh of [CLS]: (B, H) -> (B, C)
+
+
+def classifier_from(tensors: dict[str, Tensor], meta: dict[str, Any], path: Any) -> HFClassifier:
+    """The fine-tuned classifier a checkpoint's tensors and header describe (CPU), offline."""
+    try:
+        cfg = BertConfig(**{**meta["model"], "attn_implementation": ATTENTION})
+    except (TypeError, ValueError) as err:
+        raise UserError(
+            f"{path}: the header's BertConfig is broken ({err}); rerun finetune"
+        ) from None
+    model = HFClassifier(BertModel(cfg), int(meta["num_classes"]))
+    checkpoints.load_weights(model, tensors, path)
+    return model
+
+
+def load_mlm(folder: str | Path) -> BertForMaskedLM:
+    """BertForMaskedLM (encoder and MLM head, eval mode, CPU) from `folder`, for fill-mask."""
+    folder = Path(folder)
+    mlm, info = _from_pretrained(BertForMaskedLM, folder)
+    missing = set(info["missing_keys"]) | {k for k, *_ in info["mismatched_keys"]}
+    if any(k.startswith("cls.") for k in missing):
+        raise UserError(
+            f"{folder}: has no MLM head (its weights lack {_keys(missing)}); fill-mask needs "
+            f"weights saved from BertForMaskedLM or BertForPreTraining"
+        )
+    if missing:
+        raise UserError(f"{folder}: its weights do not fit BERT's encoder ({_keys(missing)})")
+    return mlm.eval()
