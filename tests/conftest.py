@@ -61,6 +61,11 @@ from bertpipe.vocab import SPECIALS, Vocab
 
 REPO = Path(__file__).resolve().parents[1]
 
+# No test may reach the Hugging Face Hub: huggingface_hub and transformers read this when
+# imported, which no test module does before this file runs. The hf_bert stage's Hub tests run
+# it in processes of their own, pointed at a loopback imitation of the Hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
