@@ -102,8 +102,18 @@ def run_and_kill(stage: str, inputs: Path, run: Path, at: int) -> int:
     Returns the step of the checkpoint left on disk (a save may finish between the log line and
     the kill landing, so it is read from the file).
     """
-    proc = subprocess.Popen(command(stage, inputs, run), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    kill_after_checkpoint(command(stage, inputs, run), at)
+    assert not (run / "data" / stage).exists()  # killed before writing its output
+    blob = torch.load(resume_folder(run, stage) / "rank0.pt", map_location="cpu",
+                      weights_only=True)  # fmt: skip
+    return int(blob["step"])
+
+
+def kill_after_checkpoint(argv: list[str], at: int) -> None:
+    """Run a training stage's command line; SIGKILL it once it logs a checkpoint at step `at` or
+    later (the hf_bert route's test uses it too)."""
+    proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
     try:
         for line in proc.stderr:
             saved = SAVED.search(line)
@@ -115,11 +125,7 @@ def run_and_kill(stage: str, inputs: Path, run: Path, at: int) -> int:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"the {stage} run ended before step {at}"
-    assert not (run / "data" / stage).exists()  # killed before writing its output
-    blob = torch.load(resume_folder(run, stage) / "rank0.pt", map_location="cpu",
-                      weights_only=True)  # fmt: skip
-    return int(blob["step"])
+    assert proc.returncode == -signal.SIGKILL, f"{argv[1]} ended before step {at}"
 
 
 def resume_folder(run: Path, stage: str) -> Path:

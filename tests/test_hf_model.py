@@ -1,0 +1,204 @@
+"""Tests for the hf_bert route's model side (bertpipe.hf_model, routes, the finetune stage on it).
+
+The tiny Hub-layout BERT (`tiny_hf_bert`) is fine-tuned by the real finetune stage on SNLI pairs
+that the real make_snli stage encoded with its tokenizer. Shown: the fine-tuned classifier,
+after a checkpoint round trip and run on length-bucketed batches padded to their longest pair,
+gives the logits of transformers' own `BertForSequenceClassification` holding the same weights,
+run on each pair alone as the tokenizer encodes it (no padding); the stage gives the same bytes
+twice; a run killed mid-training resumes to the bytes of one that was not; folders that do not
+fit are refused in one line; and the other routes never import `transformers`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_resume import ENV, kill_after_checkpoint
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
+
+from bertpipe import artifacts, batches, checkpoints, hf_bert, hf_model, routes, synthetic
+from bertpipe.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"train": 240, "dev": 24, "test": 40}
+MAX_LEN = 24  # short enough that some generated pairs are truncated
+PARAMS = {
+    "make_snli": {"max_len": MAX_LEN},
+    # dropout on (the tiny BERT's config: 0.1); 15 steps per epoch
+    "finetune": {"pretrained": "hf_bert/tiny", "batch_size": 16, "lr": 1.0e-3, "num_epochs": 3,
+                 "seed": 0, "warmup_fraction": 0.1, "lr_schedule": "linear",
+                 "weight_decay": 0.01, "grad_clip": 1.0},
+}  # fmt: skip
+STEPS_PER_EPOCH = SIZES["train"] // 16
+WALL_CLOCK = {"examples_per_sec", "train_seconds", "threads_mean"}
+
+
+def pairs_of(rows: list[list[str]]) -> list[tuple[str, str]]:
+    """The labelled (sentence1, sentence2) pairs of SNLI rows, in file order: make_snli's."""
+    return [(r[5], r[6]) for r in rows[1:] if r[0] != "-"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_hf_bert, stage) -> Path:
+    """params.yaml, SNLI tables, and make_snli's output for the tiny BERT's tokenizer."""
+    root = tmp_path_factory.mktemp("hf_route")
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    tables = root / "tables"
+    tables.mkdir()
+    for k, (split, n) in enumerate(SIZES.items()):
+        rows = synthetic.snli_rows(n, seed=100 * (k + 1))
+        (tables / f"snli_1.0_{split}.txt").write_text("".join("\t".join(r) + "\n" for r in rows))
+    stage("make_snli").main([
+        "--params", str(root / "params.yaml"), "--tables", str(tables),
+        "--pretrained", str(tiny_hf_bert), "--out", str(root / "make_snli"),
+        "--metrics", str(root / "make_snli.json"), "--workers", "0",
+    ])  # fmt: skip
+    return root
+
+
+def finetune_argv(work: Path, pretrained: Path, run: Path) -> list[str]:
+    return [
+        "--params", str(work / "params.yaml"), "--pretrained", str(pretrained),
+        "--snli", str(work / "make_snli"), "--out", str(run / "finetune"),
+        "--metrics", str(run / "finetune.json"), "--live", str(run / "finetune_live"),
+        "--device", "cpu", "--threads", "1",
+    ]  # fmt: skip
+
+
+def results(run: Path) -> dict:
+    """What a run wrote: the weights' bytes, the metrics but wall-clock, every DVCLive file."""
+    metrics = json.loads((run / "finetune.json").read_text())
+    live = run / "finetune_live"
+    return {
+        "model": (run / "finetune" / "model.safetensors").read_bytes(),
+        "metrics": {k: v for k, v in metrics.items() if k not in WALL_CLOCK},
+        "live": {str(p.relative_to(live)): p.read_bytes() for p in sorted(live.rglob("*"))
+                 if p.is_file()},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finetuned(work, tiny_hf_bert, stage) -> Path:
+    """One uninterrupted fine-tuning run on the hf_bert route; its folder."""
+    run = work / "run"
+    stage("finetune").main(finetune_argv(work, tiny_hf_bert, run))
+    return run
+
+
+def test_the_classifier_gives_bert_for_sequence_classifications_logits_on_each_pair_alone(
+    work, finetuned, tiny_hf_bert
+):
+    model, meta = routes.load_classifier(finetuned / "finetune" / "model.safetensors")
+    assert isinstance(model, hf_model.HFClassifier)
+    assert checkpoints.is_transformers(meta) and meta["max_len"] == MAX_LEN
+    assert meta["vocab_sha1"] == hf_bert.tokenizer_sha1(tiny_hf_bert)
+    assert meta["labels"] == list(batches.load_snli(work / "make_snli")["labels"])
+    model.eval()
+    pretrained = BertModel.from_pretrained(tiny_hf_bert).state_dict()
+    tuned = model.bert.state_dict()
+    assert not torch.equal(tuned["pooler.dense.weight"], pretrained["pooler.dense.weight"])
+
+    # ours: the test split in length-bucketed batches, each padded to its longest pair
+    test = batches.load_snli_split(work / "make_snli", "test")
+    lengths = batches.snli_lengths(test)
+    plan = batches.length_buckets(lengths, 8, torch.Generator().manual_seed(0))
+    assert any(len(set(lengths[idx])) > 1 for idx in plan)  # some pairs are padded
+    ours = torch.empty(len(lengths), 3)
+    with torch.no_grad():
+        for idx in plan:
+            b = batches.collate_snli(test, idx)
+            ours[b["index"]] = model(b["tokens"], b["segments"], b["valid_lens"])
+
+    # transformers': the same weights in BertForSequenceClassification, one pair at a time
+    reference = BertForSequenceClassification(BertConfig(**meta["model"], num_labels=3)).eval()
+    reference.bert.load_state_dict(tuned)
+    reference.classifier.load_state_dict(model.output.state_dict())
+    tokenizer = hf_bert.load_tokenizer(tiny_hf_bert)
+    rows = synthetic.snli_rows(SIZES["test"], seed=300)
+    pairs = pairs_of(rows)
+    assert len(pairs) == len(lengths)
+    with torch.no_grad():
+        for i, (premise, hypothesis) in enumerate(pairs):
+            alone = tokenizer(premise, hypothesis, truncation="longest_first",
+                              max_length=MAX_LEN, return_tensors="pt")  # fmt: skip
+            assert alone["input_ids"].shape[1] == lengths[i]
+            expected = reference(**alone).logits[0]
+            assert torch.allclose(ours[i], expected, atol=1e-5), (i, ours[i], expected)
+    assert (lengths == MAX_LEN).any()  # some were truncated
+
+
+def test_the_hf_route_gives_the_same_bytes_twice(work, finetuned, tiny_hf_bert, stage):
+    again = work / "again"
+    stage("finetune").main(finetune_argv(work, tiny_hf_bert, again))
+    first, second = results(finetuned), results(again)
+    assert first == second
+    assert first["metrics"]["num_steps"] == 3 * STEPS_PER_EPOCH
+    assert "plots/metrics/epoch/dev_accuracy.tsv" in first["live"]
+
+
+def test_a_killed_run_on_the_hf_route_resumes_to_the_bytes_of_an_uninterrupted_one(
+    work, finetuned, tiny_hf_bert
+):
+    run = work / "killed"
+    argv = [sys.executable, str(ROOT / "stages" / "finetune.py"),
+            *finetune_argv(work, tiny_hf_bert, run), "--checkpoint-every", "2"]  # fmt: skip
+    kill_after_checkpoint(argv, STEPS_PER_EPOCH + 3)  # in epoch 2: epoch 1's results are saved
+    assert not (run / "finetune").exists()
+
+    done = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from step" in done.stderr
+    assert results(run) == results(finetuned)
+
+
+def test_folders_that_do_not_fit_are_refused_in_one_line(tmp_path, tiny_hf_bert):
+    """No pooler (BertForMaskedLM's weights): no fine-tuning; no MLM head: no fill-mask."""
+    mlm_only = tmp_path / "mlm_only"
+    BertForMaskedLM.from_pretrained(tiny_hf_bert).save_pretrained(mlm_only)
+    with pytest.raises(UserError, match=r"pooler\.dense\.bias, pooler\.dense\.weight\)"):
+        hf_model.load_bert(mlm_only)
+    hf_model.load_mlm(mlm_only)  # what it has: encoder and MLM head
+
+    encoder_only = tmp_path / "encoder_only"
+    BertModel.from_pretrained(tiny_hf_bert).save_pretrained(encoder_only)
+    with pytest.raises(UserError, match="has no MLM head"):
+        hf_model.load_mlm(encoder_only)
+
+    (encoder_only / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="safetensors weights only"):
+        hf_model.load_bert(encoder_only)
+
+
+def test_the_other_routes_never_import_transformers(tmp_path, fake):
+    """Our own classifier through every module the finetune and evaluate stages and
+    `bertpipe predict` use, loaded by `routes`: `transformers` stays out of sys.modules."""
+    ckpt = fake.bert(tmp_path / "pretrain" / "model.safetensors")
+    code = f"""
+import sys, runpy
+from bertpipe import __main__, evaluate, finetune, routes, use
+for name in ("finetune", "evaluate"):
+    runpy.run_path({str(ROOT / "stages")!r} + f"/{{name}}.py", run_name="not_main")
+bert, meta = routes.load_pretrained({str(ckpt.parent)!r})
+routes.new_classifier(bert, meta, 3)
+print(sorted(m for m in sys.modules if m.split(".")[0] == "transformers"))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_checkpoint_headers_rebuild_the_classifier_without_the_folder(finetuned, tmp_path):
+    """The header holds the BertConfig (not where the folder was), so the checkpoint alone
+    rebuilds the model: here from a copy elsewhere."""
+    copy = tmp_path / "elsewhere.safetensors"
+    copy.write_bytes((finetuned / "finetune" / "model.safetensors").read_bytes())
+    _, meta = artifacts.load_checkpoint(copy)
+    assert "_name_or_path" not in meta["model"] and meta["model"]["model_type"] == "bert"
+    model, _ = routes.load_classifier(copy)
+    assert model.bert.config.max_position_embeddings == checkpoints.max_position(meta) == 128
