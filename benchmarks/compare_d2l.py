@@ -20,7 +20,8 @@ Waits (up to --wait-max seconds) for the 1-minute load average to fall below --q
 
 --peer: the training jobs also run `peer_transformers.py` (Hugging Face transformers'
 BertForPreTraining and BertForSequenceClassification on the same examples and pairs) as a third
-side, alternating with the other two; a second table gives ours against it.
+side, and fine-tuning the hf_bert route's classifier at d2l's shape in our loop (`ours.py
+finetune --model hf-d2l`), alternating with the others; a second table gives ours against them.
 
 --contend N: N busy processes (`while True: pass`) run through every measurement of both sides,
 as a user's other work would; the matmul peak is measured before they start. The training
@@ -162,8 +163,10 @@ def measure(args: argparse.Namespace, wiki: Path, snli: Path, tmp: Path) -> dict
         for name in args.only or list(jobs):
             ours_cmd, d2l_cmds = jobs[name]
             order = [("ours", ours_cmd)] + [("d2l", c) for c in d2l_cmds]
-            if args.peer and name in PEER_FIGURES:
+            if args.peer and name in ("pretrain", "finetune"):
                 order.append(("transformers", [*peer, *d2l_cmds[0][2:]]))
+            if args.peer and name == "finetune":
+                order.append(("hf_bert", [*ours_cmd, "--model", "hf-d2l"]))
             if args.contend and name in ("pretrain", "finetune"):
                 order.append(("ours_1_thread", [*ours_cmd, "--threads", "1"]))
             runs: dict[str, list] = {side: [] for side, _ in order}
@@ -251,23 +254,27 @@ def table(results: dict, contended: bool) -> tuple[list[dict], dict]:
     return rows, checks
 
 
-PEER_FIGURES = {"pretrain": ("pretraining step: sentence pairs/s", "pairs_per_sec"),
-                "finetune": ("fine-tuning step: examples/s", "examples_per_sec")}  # fmt: skip
-
-
 def peer_table(results: dict) -> str:
-    """Ours against transformers (--peer), best of each side, after checking the same work."""
-    lines = ["| figure | ours | transformers | ratio |", "|---|---|---|---|"]
-    for name, (figure, key) in PEER_FIGURES.items():
-        if name not in results.get("transformers", {}):
+    """Ours against transformers and the hf_bert route (--peer), best of each side, after
+    checking the same work; the threads each best run used (auto: the most) are shown."""
+    lines = ["| figure | ours | other | ours / other | threads ours / other |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for side, name, figure, key in (
+        ("transformers", "pretrain", "BertForPreTraining: sentence pairs/s", "pairs_per_sec"),
+        ("transformers", "finetune", "BertForSequenceClassification: examples/s",
+         "examples_per_sec"),
+        ("hf_bert", "finetune", "hf_bert route, d2l's shape, our loop: examples/s",
+         "examples_per_sec"),
+    ):  # fmt: skip
+        if name not in results.get(side, {}):
             continue
-        mine, peer = results["ours"][name], results["transformers"][name]
-        for a, b in zip(mine, peer, strict=True):
-            work = ("steps", "batch_size", "threads")
-            if [a[k] for k in work] != [b[k] for k in work]:
-                sys.exit(f"not the same work: {name}: ours {a}, transformers {b}")
-        o, t = best(mine, key, True)[key], best(peer, key, True)[key]
-        lines.append(f"| {figure} | {o} | {t} | {o / t:.2f} |")
+        mine, other = results["ours"][name], results[side][name]
+        for a, b in zip(mine, other, strict=True):
+            if (a["steps"], a["batch_size"]) != (b["steps"], b["batch_size"]):
+                sys.exit(f"not the same work: {name}: ours {a}, {side} {b}")
+        o, t = best(mine, key, True), best(other, key, True)
+        lines.append(f"| {figure} | {o[key]} | {t[key]} | {o[key] / t[key]:.2f} "
+                     f"| {o['threads']} / {t['threads']} |")  # fmt: skip
     return "\n".join(lines)
 
 

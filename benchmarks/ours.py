@@ -9,6 +9,10 @@ measurement, so `peak_rss_mb` is this side's alone.
   ours.py snli     --snli-file FILE --vocab vocab.json   make_snli's work on one split
   ours.py pretrain --wiki FILE [--steps 5]               pretrain's step (pretrain.pretrain)
   ours.py finetune --snli-file FILE --wiki FILE [--steps 5]   finetune's step
+      [--model hf-d2l|hf-tiny|hf-base]   the hf_bert route's classifier (transformers' BertModel,
+                                          random weights) at d2l's, BERT-Tiny's or bert-base's shape
+      [--tokenizer FOLDER]               SNLI's raw text in a BERT tokenizer's ids, as make_snli
+                                          encodes it on the hf_bert route (else our vocabulary)
 
   (both also take --threads, as the stages do: auto by default, and --controls: the README's
    warm-up 0.1, linear decay, weight decay 0.01 and clipping at 1; both print `weights_sha1`)
@@ -44,6 +48,20 @@ MODEL = config.ModelConfig(
 )
 EXAMPLES = config.MakeExamplesConfig(max_len=64, mask_rate=0.15, next_sentence_prob=0.5, seed=0)
 SNLI_MAX_LEN = 128
+# The hf_bert route's encoder (BertConfig keys) at d2l's shape (MODEL's: the same work as ours),
+# and at Google's BERT-Tiny's and bert-base's (GELU, dropout 0.1, 512 positions: BertConfig's
+# defaults; their vocabulary size, which a tokenizer given with --tokenizer must fit in)
+HF_SHAPES = {
+    "hf-d2l": {"hidden_size": MODEL.num_hiddens, "num_hidden_layers": MODEL.num_blks,
+               "num_attention_heads": MODEL.num_heads, "intermediate_size": MODEL.ffn_num_hiddens,
+               "hidden_act": "relu", "hidden_dropout_prob": MODEL.dropout,
+               "attention_probs_dropout_prob": MODEL.dropout,
+               "max_position_embeddings": MODEL.max_position},
+    "hf-tiny": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "intermediate_size": 512, "vocab_size": 30522},
+    "hf-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                "intermediate_size": 3072, "vocab_size": 30522},
+}  # fmt: skip
 
 
 def peak_rss_mb() -> float:
@@ -74,6 +92,45 @@ def snli_arrays(path: Path, vocab: Vocab, workers: int) -> dict[str, np.ndarray]
         snli.PairEncoder.of(vocab, SNLI_MAX_LEN), pairs.premises, pairs.hypotheses, workers
     )
     return {**encoded.arrays(), "labels": pairs.labels}
+
+
+def hf_snli_arrays(path: Path, folder: Path) -> tuple[dict[str, np.ndarray], int]:
+    """make_snli's arrays on the hf_bert route (raw text, the tokenizer in `folder`) and the
+    tokenizer's size."""
+    from bertpipe import artifacts, hf_bert
+
+    tokenizer = hf_bert.load_tokenizer(folder)
+    backend = hf_bert.pair_tokenizer(tokenizer, SNLI_MAX_LEN)
+    dtype = artifacts.id_dtype(len(tokenizer))
+    encoder = snli.TokenizerPairEncoder(backend, SNLI_MAX_LEN, dtype)
+    pairs = snli.read_snli(path, raw=True)
+    encoded = snli.encode_pairs(encoder, pairs.premises, pairs.hypotheses, 1)
+    return {**encoded.arrays(), "labels": pairs.labels}, len(tokenizer)
+
+
+def finetune_data(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], int]:
+    """The SNLI arrays fine-tuning reads (ids of --tokenizer, or of our vocabulary of --wiki)
+    and the size of their vocabulary."""
+    if args.tokenizer is not None:
+        return hf_snli_arrays(args.snli_file, args.tokenizer)
+    _, vocab = tokenize(args.wiki)
+    return snli_arrays(args.snli_file, vocab, 1), len(vocab)
+
+
+def classifier(name: str, vocab_size: int) -> Any:
+    """Our BERTClassifier at MODEL's shape, or the hf_bert route's at HF_SHAPES[name]."""
+    if name == "ours":
+        from bertpipe.model import BERTClassifier, BERTModel
+
+        return BERTClassifier(BERTModel(vocab_size, MODEL), num_classes=3)
+    from transformers import BertConfig, BertModel
+
+    from bertpipe.hf_model import ATTENTION, HFClassifier
+
+    cfg = BertConfig(**{"vocab_size": vocab_size, **HF_SHAPES[name]}, attn_implementation=ATTENTION)
+    if vocab_size > cfg.vocab_size:
+        sys.exit(f"a tokenizer of {vocab_size} ids does not fit {name}'s {cfg.vocab_size}")
+    return HFClassifier(BertModel(cfg), num_classes=3)
 
 
 def cmd_vocab(args: argparse.Namespace) -> dict:
@@ -201,10 +258,8 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     from bertpipe import batches, runtime
     from bertpipe.finetune import step
     from bertpipe.loop import Trainer
-    from bertpipe.model import BERTClassifier, BERTModel
 
-    _, vocab = tokenize(args.wiki)
-    data = snli_arrays(args.snli_file, vocab, 1)
+    data, vocab_size = finetune_data(args)
     cfg = config.FinetuneConfig(
         batch_size=args.batch_size, lr=1e-4, num_epochs=1, seed=args.seed, **optimiser(args)
     )
@@ -214,7 +269,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     plan = batches.length_buckets(lengths, args.batch_size, gen)[: args.steps + 1]
     with runtime.runtime("cpu", args.workers, args.compile, False, args.threads) as rt:
         torch.manual_seed(args.seed)
-        model = BERTClassifier(BERTModel(len(vocab), MODEL), num_classes=3)
+        model = classifier(args.model, vocab_size)
         model.train()
         trainer = Trainer(model, runtime.prepare(model, rt), cfg, len(plan), rt, None, [])
         stats = trainer.run(step, data, plan, batches.collate_snli, 0, "finetune")
@@ -223,12 +278,15 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     padded = sum(len(b) * int(lengths[b].max()) for b in plan[1:])
     return {
         "what": "ours finetune",
+        "model": args.model,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "examples_per_sec": speed.rate(),
         **thread_figures(rt),
         "compile": rt.compile,
         "padding_share": round(1 - timed.sum() / padded, 3),
+        "timed_examples": len(timed),
+        "padded_tokens": padded,  # of the timed steps: batch size x longest pair, summed
         "last_loss": round(float(stats[-1, 0]), 3),
         "weights_sha1": weights_sha1(model),
         "pairs": len(data["labels"]),
@@ -279,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--wiki", type=Path, required=True)
         if name == "finetune":
             p.add_argument("--snli-file", type=Path, required=True)
+            p.add_argument("--model", choices=["ours", *HF_SHAPES], default="ours")
+            p.add_argument("--tokenizer", type=Path, help="a BERT tokenizer's folder")
         p.add_argument("--steps", type=int, default=5)
         p.add_argument("--batch-size", type=int, default=512)
         p.add_argument("--seed", type=int, default=0)

@@ -7,11 +7,17 @@ fresh process by `compare_d2l.py --peer`, beside `ours.py` and d2l, alternating:
   peer_transformers.py finetune --snli-file FILE --wiki FILE [--steps 5]
                                                                    BertForSequenceClassification
 
-Both read what `ours.py` reads (the examples and the SNLI pairs built by the package functions
-the stages call, ids of our vocabulary) at d2l's shape (`ours.MODEL`: 2 blocks, 128 hidden, 2
-heads, FFN 256, ReLU, dropout 0.2, 1,000 positions) with d2l's optimiser (Adam, lr 0.01 / 1e-4)
-and batch 512; attention is PyTorch's scaled_dot_product_attention ("sdpa"). The first step is
-not timed; the timed steps include building the batches, as ours do.
+and, as a harness of its own, the hf_bert route's seconds per epoch of full SNLI at BERT-Tiny's
+and bert-base's shapes (estimates, see `cmd_epochs`):
+
+  peer_transformers.py epochs [--shared ../shared/data] [--repeats 3]
+
+pretrain and finetune read what `ours.py` reads (the examples and the SNLI pairs built by the
+package functions the stages call, ids of our vocabulary) at d2l's shape (`ours.HF_SHAPES`:
+2 blocks, 128 hidden, 2 heads, FFN 256, ReLU, dropout 0.2, 1,000 positions) with d2l's
+optimiser (Adam, lr 0.01 / 1e-4) and batch 512; attention is PyTorch's
+scaled_dot_product_attention ("sdpa"). The first step is not timed; the timed steps include
+building the batches, as ours do.
 
 - pretrain: the batches of `pretrain.pretrain`'s own seeded plan, each padded to max_len 64
   with an attention mask, `labels` -100 everywhere but the real prediction slots, and
@@ -26,29 +32,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import compare_d2l
 import numpy as np
 import ours
 import torch
 
 from bertpipe import batches
 
+HERE = Path(__file__).resolve().parent
+SNLI_TRAIN_PAIRS = 550_152  # snli_1.0_train.txt's rows (shared/data/README.md)
+
 
 def bert_config(vocab_size: int, num_labels: int = 2) -> Any:
-    """transformers' BertConfig at d2l's shape (ours.MODEL)."""
+    """transformers' BertConfig at d2l's shape (the hf_bert route's at it: ours.HF_SHAPES)."""
     from transformers import BertConfig
 
-    m = ours.MODEL
-    return BertConfig(vocab_size=vocab_size, hidden_size=m.num_hiddens,
-                      num_hidden_layers=m.num_blks, num_attention_heads=m.num_heads,
-                      intermediate_size=m.ffn_num_hiddens, hidden_act="relu",
-                      hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout,
-                      max_position_embeddings=m.max_position, type_vocab_size=2,
-                      num_labels=num_labels, attn_implementation="sdpa")  # fmt: skip
+    return BertConfig(vocab_size=vocab_size, num_labels=num_labels, attn_implementation="sdpa",
+                      **ours.HF_SHAPES["hf-d2l"])  # fmt: skip
 
 
 def attention_mask(valid_lens: np.ndarray | torch.Tensor, width: int) -> torch.Tensor:
@@ -151,6 +158,81 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     }
 
 
+def train_tokenizer(shared: Path, out: Path) -> Path:
+    """An uncased WordPiece tokenizer of bert-base-uncased's size (30,522), trained by
+    `tokenizers` on the shared WikiText and SNLI text (no Hub here), saved to `out`.
+
+    It stands in for Google's vocabulary so that the pairs have WordPiece lengths: its training
+    is the tests' (tests/hf_tiny.py), reused rather than written twice.
+    """
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import hf_tiny
+
+    wiki = compare_d2l.real_data.wiki_valid_and_test(shared).decode("utf-8").splitlines()
+    pairs = ours.snli.read_snli(shared / "snli_1.0" / "snli_1.0_dev.txt", raw=True)
+    tokenizer = hf_tiny.train_tokenizer(wiki + pairs.premises + pairs.hypotheses, 30_522)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def padded_per_pair(snli_file: Path, tokenizer: Path, batch_size: int, seed: int) -> float:
+    """Padded tokens per pair of one whole length-bucketed epoch of `snli_file` (finetune's)."""
+    data, _ = ours.hf_snli_arrays(snli_file, tokenizer)
+    lengths = batches.snli_lengths(data)
+    plan = batches.length_buckets(lengths, batch_size, torch.Generator().manual_seed(seed))
+    return sum(len(b) * int(lengths[b].max()) for b in plan) / len(lengths)
+
+
+def cmd_epochs(args: argparse.Namespace) -> dict:
+    """Seconds per epoch of SNLI's 550,152 training pairs on the hf_bert route, estimated.
+
+    `ours.py finetune --model hf-tiny / hf-base --tokenizer T` times the route's own loop on
+    SNLI dev (the representative sample: 9,842 pairs; the training file is not here) in fresh
+    processes, alternating, best of --repeats: the first length-bucketed batches of an epoch.
+    Their time per padded token (batch size x longest pair) times the padded tokens per pair of
+    a whole epoch at that batch size, times 550,152 pairs, is the estimate. bert-base is timed
+    on a few small batches (it takes seconds a step); the estimate is for an epoch at that batch
+    size, whose per-step costs (the optimiser's) the per-token figure includes.
+    """
+    snli_file = args.shared / "snli_1.0" / "snli_1.0_dev.txt"
+    wiki = args.shared / "wikitext-2" / "wiki.valid.tokens"  # ours.py's --wiki: unread here
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    shapes = {"hf-tiny": (args.tiny_batch, args.tiny_steps),
+              "hf-base": (args.base_batch, args.base_steps)}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bertpipe-epochs-") as tmp:
+        tokenizer = train_tokenizer(args.shared, Path(tmp) / "tokenizer")
+        load_start = compare_d2l.wait_quiet(args.quiet, args.wait_max)
+        runs: dict[str, list] = {name: [] for name in shapes}
+        for r in range(args.repeats):
+            for name in list(shapes) if r % 2 == 0 else list(shapes)[::-1]:
+                batch, steps = shapes[name]
+                cmd = [sys.executable, str(HERE / "ours.py"), "finetune", "--model", name,
+                       "--tokenizer", str(tokenizer), "--snli-file", str(snli_file),
+                       "--wiki", str(wiki), "--batch-size", str(batch),
+                       "--steps", str(steps)]  # fmt: skip
+                print(f"{name}: run {r + 1}/{args.repeats} (load {compare_d2l.load1():.2f})",
+                      file=sys.stderr)  # fmt: skip
+                runs[name].append(compare_d2l.run_json(cmd, env))
+        load_end = compare_d2l.load1()
+        figures = {}
+        for name, (batch, _) in shapes.items():
+            fastest = compare_d2l.best(runs[name], "examples_per_sec", True)
+            seconds = fastest["timed_examples"] / fastest["examples_per_sec"]
+            per_token = seconds / fastest["padded_tokens"]
+            per_pair = padded_per_pair(snli_file, tokenizer, batch, 0)
+            figures[name] = {
+                "batch_size": batch,
+                "examples_per_sec": fastest["examples_per_sec"],
+                "threads": fastest["threads"],
+                "padded_tokens_per_pair": round(per_pair, 2),
+                "seconds_per_epoch_estimate": round(per_token * per_pair * SNLI_TRAIN_PAIRS),
+            }
+    info = compare_d2l.machine(args.threads, {"torch": torch.__version__})
+    return {**info, "load_start": load_start, "load_end": load_end, "repeats": args.repeats,
+            "figures": figures, "runs": runs}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,6 +244,17 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--seed", type=int, default=0)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("pretrain", parents=[common]).set_defaults(run=cmd_pretrain)
+    p = sub.add_parser("epochs")
+    p.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    p.add_argument("--repeats", type=int, default=3, help="runs per shape (best counts)")
+    p.add_argument("--tiny-batch", type=int, default=512)
+    p.add_argument("--tiny-steps", type=int, default=10)
+    p.add_argument("--base-batch", type=int, default=32)
+    p.add_argument("--base-steps", type=int, default=6)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch/OMP threads")
+    p.add_argument("--quiet", type=float, default=0.7, help="load average to wait for")
+    p.add_argument("--wait-max", type=float, default=600, help="seconds to wait at most")
+    p.set_defaults(run=cmd_epochs)
     p = sub.add_parser("finetune", parents=[common])
     p.add_argument("--snli-file", type=Path, required=True)
     p.set_defaults(run=cmd_finetune)
