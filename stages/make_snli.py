@@ -89,10 +89,7 @@ def encoder_for(
         return snli.PairEncoder.of(vocab, max_len), meta  # specials wherever vocab puts them
     if (folder / hf_bert.TOKENIZER_FILE).is_file():
         tokenizer = hf_bert.load_tokenizer(folder)
-        dtype = artifacts.id_dtype(len(tokenizer))
-        encoder = snli.TokenizerPairEncoder(
-            hf_bert.pair_tokenizer(tokenizer, max_len), max_len, dtype
-        )
+        encoder = snli.TokenizerPairEncoder.of(tokenizer, max_len)
         sha1 = hf_bert.tokenizer_sha1(folder)
         meta = {"vocab_size": len(tokenizer), "vocab_sha1": sha1, **hf_bert.special_ids(tokenizer)}
         return encoder, meta

@@ -207,6 +207,34 @@ def test_make_snli_ids_are_the_tokenizers_on_every_pair(tmp_path, tiny_hf_bert, 
     assert 0 < truncated <= kept and (max_len == 12) == (truncated == kept)
 
 
+def test_longest_first_lengths_are_the_tokenizers_cut_everywhere(tiny_hf_bert):
+    """Every pair of lengths 0-14 at every max_len 3-11: sides of one-token words, cut by the
+    tokenizer itself and by the closed form make_snli uses."""
+    backend = hf_bert.load_tokenizer(tiny_hf_bert).backend_tokenizer
+    assert len(backend.encode("the", add_special_tokens=False).ids) == 1
+    for max_len in range(3, 12):
+        backend.enable_truncation(max_len, strategy="longest_first")
+        grid = np.array([(p, h) for p in range(15) for h in range(15)])
+        cut = [backend.encode(" ".join(["the"] * p), " ".join(["the"] * h)) for p, h in grid]
+        keep_p = np.array([e.type_ids.count(0) - 2 for e in cut])
+        keep_h = np.array([len(e.ids) - 3 for e in cut]) - keep_p
+        want_p, want_h = snli.longest_first_lengths(grid[:, 0], grid[:, 1], max_len - 3)
+        assert keep_p.tolist() == want_p.tolist() and keep_h.tolist() == want_h.tolist()
+
+
+def test_a_tokenizer_without_berts_pair_template_is_refused(tiny_hf_bert):
+    from tokenizers import processors
+
+    tokenizer = hf_bert.load_tokenizer(tiny_hf_bert)
+    assert snli.TokenizerPairEncoder.of(tokenizer, 32).cls_id == tokenizer.cls_token_id
+    cls = ("[CLS]", tokenizer.cls_token_id)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A", pair="[CLS] $A $B:1", special_tokens=[cls]
+    )  # no [SEP]s
+    with pytest.raises(UserError, match=r"encodes a pair as \['\[CLS\]', .*not as BERT's"):
+        snli.TokenizerPairEncoder.of(tokenizer, 32)
+
+
 def test_the_raw_sentences_keep_their_case_and_punctuation(tmp_path):
     tables = write_tables(tmp_path / "t", 8)
     raw = snli.read_snli(tables / "snli_1.0_train.txt", raw=True)

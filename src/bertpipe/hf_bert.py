@@ -80,15 +80,6 @@ def load_tokenizer(folder: str | Path) -> Any:
     return tokenizer
 
 
-def pair_tokenizer(tokenizer: Any, max_len: int) -> Any:
-    """`tokenizer`'s backend (a `tokenizers.Tokenizer`) set up as `tokenizer(p, h,
-    truncation="longest_first", max_length=max_len)` sets it: longest-first, no padding."""
-    backend = tokenizer.backend_tokenizer
-    backend.enable_truncation(max_len, strategy="longest_first")
-    backend.no_padding()
-    return backend
-
-
 def special_ids(tokenizer: Any) -> dict[str, int]:
     """{"unk_id": ..., "pad_id": ..., "mask_id": ..., "cls_id": ..., "sep_id": ...}, as
     `Vocab.special_ids` gives them for the other routes."""

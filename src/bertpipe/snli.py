@@ -9,22 +9,24 @@ numpy per chunk of thousands of pairs, in a process pool that gets the vocabular
 The output bytes do not depend on the number of workers or the chunk size.
 
 On the hf_bert route the model brings its own tokenizer, which applies its own casing and
-normalisation: the raw `sentence1`/`sentence2` columns are read instead, and each chunk of pairs
-is encoded by the tokenizer itself (`TokenizerPairEncoder`), `[CLS] p [SEP] h [SEP]` truncated
-longest-first as `tokenizer(p, h, truncation="longest_first", max_length=max_len)` does, into
-the same on-disk layout.
+normalisation: the raw `sentence1`/`sentence2` columns are read instead, and the ids are those of
+`tokenizer(p, h, truncation="longest_first", max_length=max_len)`: `[CLS] p [SEP] h [SEP]`, cut
+by the tokenizer's longest-first rule (`longest_first_lengths`), in the same on-disk layout.
+`TokenizerPairEncoder` gets them by running the tokenizer once per distinct sentence of a chunk
+(SNLI repeats each premise for its three hypotheses) and building the pairs with numpy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import logging
 import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
@@ -212,6 +214,25 @@ def truncated_lengths(
     return keep_p, keep_h
 
 
+def longest_first_lengths(
+    len_p: np.ndarray, len_h: np.ndarray, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths after `tokenizers`' longest-first truncation of a pair to `budget` tokens.
+
+    A pair that is too long keeps its shorter side whole and cuts the longer one to the rest,
+    unless the shorter side holds more than half the budget: then the shorter side (the premise
+    on a tie) keeps budget // 2 tokens and the other one the rest. On ties and odd budgets this
+    differs from d2l's rule (`truncated_lengths`).
+    """
+    over = len_p + len_h > budget
+    p_short = len_p <= len_h
+    short = np.minimum(len_p, len_h)
+    keep_short = np.where(2 * short > budget, budget // 2, short)
+    keep_p = np.where(over, np.where(p_short, keep_short, budget - keep_short), len_p)
+    keep_h = np.where(over, np.where(p_short, budget - keep_short, keep_short), len_h)
+    return keep_p, keep_h
+
+
 @dataclass(frozen=True)
 class Encoded:
     """Pairs as `<cls> p <sep> h <sep>` ids, concatenated (the on-disk layout of make_snli)."""
@@ -268,16 +289,8 @@ class PairEncoder:
         p_ids, p_len = self._lookup(premises)  # (p_tokens,), (n,)
         h_ids, h_len = self._lookup(hypotheses)
         keep_p, keep_h = truncated_lengths(p_len, h_len, self.max_len - 3)  # (n,) each
-        offsets = np.concatenate([[0], np.cumsum(keep_p + keep_h + 3)]).astype(np.int64)
-        first, sep1 = offsets[:-1], offsets[:-1] + 1 + keep_p  # (n,) <cls> and first <sep>
-        out = np.empty(offsets[-1], dtype=self.dtype)
-        out[first] = self.cls_id
-        out[_ranges(first + 1, keep_p)] = p_ids[_ranges(_starts(p_len), keep_p)]
-        out[sep1] = self.sep_id
-        out[_ranges(sep1 + 1, keep_h)] = h_ids[_ranges(_starts(h_len), keep_h)]
-        out[offsets[1:] - 1] = self.sep_id
-        truncated = int(np.count_nonzero(keep_p + keep_h < p_len + h_len))
-        return Encoded(out, offsets, (keep_p + 2).astype(np.int16), truncated)
+        premise, hypothesis = (p_ids, _starts(p_len), p_len), (h_ids, _starts(h_len), h_len)
+        return _pairs(premise, hypothesis, keep_p, keep_h, self.cls_id, self.sep_id, self.dtype)
 
     def _lookup(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Ids of all whitespace tokens, concatenated (tokens,), and tokens per sentence (n,)."""
@@ -292,24 +305,71 @@ class PairEncoder:
 class TokenizerPairEncoder:
     """The hf_bert route's encoder: the model's own tokenizer, sent to each worker once."""
 
-    # a `tokenizers.Tokenizer` (transformers' fast tokenizer's backend) set to truncate pairs
-    # longest-first to max_len, without padding (bertpipe.hf_bert.pair_tokenizer)
-    tokenizer: Any
+    tokenizer: Any  # a `tokenizers.Tokenizer` without truncation or padding (see `of`)
     max_len: int  # of `[CLS] p [SEP] h [SEP]`
     dtype: np.dtype  # artifacts.id_dtype(len(tokenizer))
+    cls_id: int
+    sep_id: int
+
+    @classmethod
+    def of(cls, tokenizer: Any, max_len: int) -> TokenizerPairEncoder:
+        """The encoder for `transformers`' fast BERT `tokenizer`; its pair template must be
+        BERT's `[CLS] A [SEP] B [SEP]` (segments 0 up to the first [SEP], then 1), checked."""
+        backend = copy.deepcopy(tokenizer.backend_tokenizer)  # the caller's keeps its settings
+        backend.no_truncation()
+        backend.no_padding()
+        encoder = cls(backend, max_len, artifacts.id_dtype(len(tokenizer)),
+                      tokenizer.cls_token_id, tokenizer.sep_token_id)  # fmt: skip
+        probe = ("A man, twice.", "Nobody")
+        want = backend.encode(*probe)  # (no truncation) what the tokenizer makes of a pair
+        uncut = replace(encoder, max_len=int(np.iinfo(np.int16).max))
+        got = uncut.encode([probe[0]], [probe[1]])
+        if want.ids != got.token_ids.tolist() or want.type_ids.count(0) != got.segment_starts[0]:
+            raise UserError(
+                f"the tokenizer encodes a pair as {want.tokens}, not as BERT's "
+                "[CLS] premise [SEP] hypothesis [SEP]: not a BERT tokenizer"
+            )
+        return encoder
+
+    def __post_init__(self) -> None:
+        if not 3 <= self.max_len <= np.iinfo(np.int16).max:
+            raise UserError(f"make_snli.max_len: {self.max_len} is not in [3, 32767]")
 
     def encode(self, premises: list[str], hypotheses: list[str]) -> Encoded:
-        """Encode one chunk of raw pairs in one batch call to the tokenizer."""
-        encodings = self.tokenizer.encode_batch(list(zip(premises, hypotheses, strict=True)))
-        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))  # (n,)
+        """Encode one chunk of raw pairs: one batch call to the tokenizer for the chunk's
+        distinct sentences, then the pairs cut and assembled with array operations."""
+        distinct = list(dict.fromkeys(chain(premises, hypotheses)))  # in first-seen order
+        row = {sentence: i for i, sentence in enumerate(distinct)}
+        encodings = self.tokenizer.encode_batch(distinct, add_special_tokens=False)
+        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))  # (d,)
         ids = chain.from_iterable(e.ids for e in encodings)
-        token_ids = np.fromiter(ids, dtype=self.dtype, count=int(lengths.sum()))
-        # segment 0 is [CLS] p [SEP]: the hypothesis starts after its last position
-        starts = (e.type_ids.count(0) for e in encodings)
-        segment_starts = np.fromiter(starts, dtype=np.int16, count=len(encodings))  # (n,)
-        truncated = sum(1 for e in encodings if e.overflowing)  # what truncation cut off
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return Encoded(token_ids, offsets, segment_starts, truncated)
+        ids = np.fromiter(ids, dtype=self.dtype, count=int(lengths.sum()))  # (d tokens,)
+        starts = _starts(lengths)
+        p = np.fromiter(map(row.__getitem__, premises), dtype=np.int64, count=len(premises))
+        h = np.fromiter(map(row.__getitem__, hypotheses), dtype=np.int64, count=len(hypotheses))
+        keep_p, keep_h = longest_first_lengths(lengths[p], lengths[h], self.max_len - 3)
+        premise, hypothesis = (ids, starts[p], lengths[p]), (ids, starts[h], lengths[h])
+        return _pairs(premise, hypothesis, keep_p, keep_h, self.cls_id, self.sep_id, self.dtype)
+
+
+Side = tuple[np.ndarray, np.ndarray, np.ndarray]  # (ids (tokens,), starts (n,), lengths (n,))
+
+
+def _pairs(premise: Side, hypothesis: Side, keep_p: np.ndarray, keep_h: np.ndarray,
+           cls_id: int, sep_id: int, dtype: np.dtype) -> Encoded:  # fmt: skip
+    """`<cls> p <sep> h <sep>` for each pair, keeping the first keep_p / keep_h (n,) tokens of
+    each side's sentence, which starts at `starts` in `ids`."""
+    (p_ids, p_starts, p_len), (h_ids, h_starts, h_len) = premise, hypothesis
+    offsets = np.concatenate([[0], np.cumsum(keep_p + keep_h + 3)]).astype(np.int64)
+    first, sep1 = offsets[:-1], offsets[:-1] + 1 + keep_p  # (n,) <cls> and first <sep>
+    out = np.empty(offsets[-1], dtype=dtype)
+    out[first] = cls_id
+    out[_ranges(first + 1, keep_p)] = p_ids[_ranges(p_starts, keep_p)]
+    out[sep1] = sep_id
+    out[_ranges(sep1 + 1, keep_h)] = h_ids[_ranges(h_starts, keep_h)]
+    out[offsets[1:] - 1] = sep_id
+    truncated = int(np.count_nonzero(keep_p + keep_h < p_len + h_len))
+    return Encoded(out, offsets, (keep_p + 2).astype(np.int16), truncated)
 
 
 def _starts(lengths: np.ndarray) -> np.ndarray:
