@@ -8,7 +8,8 @@ Writes: --out (data/finetune/model.safetensors), --metrics (metrics/finetune.jso
 Params: finetune (the model's shape and dropout come from the checkpoint)
 
 Speed knobs (not params): --device, --threads, --workers, --compile, --checkpoint-every. Launch with
-torchrun for DDP. A killed run resumes from its last checkpoint (data/.finetune.resume/).
+torchrun for DDP. A killed run resumes from its last checkpoint (data/.finetune.resume/). On the
+hf_bert route the thread count changes the bits, so auto keeps one count for the whole run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,18 @@ def held_out_splits(folder: str, splits: list[str]) -> dict[str, batches.Arrays]
     return {s: batches.load_snli_split(folder, s) for s in ("dev", "test")}
 
 
+def thread_setting(setting: str, bert_meta: dict) -> str:
+    """--threads as this run uses it. On the hf_bert route a fixed count: transformers' CPU
+    kernels give other bits at another thread count (README: "Same params, same model"), so
+    auto keeps the count it starts with instead of following the load."""
+    if not checkpoints.is_transformers(bert_meta) or setting != "auto":
+        return setting
+    count = str(torch.get_num_threads())
+    log.info("hf_bert route: %s threads throughout (transformers' kernels give other bits "
+             "at another count, so auto does not switch; --threads sets it)", count)  # fmt: skip
+    return count
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument(
@@ -55,13 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     train = batches.load_snli_split(args.snli, "train")
     held_out = held_out_splits(args.snli, snli_meta["splits"])
     labels = snli_meta["labels"]
+    threads = thread_setting(args.threads, bert_meta)
+    run_params = {"finetune": dataclasses.asdict(cfg)}
+    if checkpoints.is_transformers(bert_meta):  # its bits depend on the count: resume at the same
+        run_params["threads"] = threads
     inputs = [args.pretrained, args.snli, __file__]
-    resume = Resume.beside(
-        args.out, fingerprint({"finetune": dataclasses.asdict(cfg)}, inputs), args.checkpoint_every
-    )
+    resume = Resume.beside(args.out, fingerprint(run_params, inputs), args.checkpoint_every)
 
     with runtime.runtime(
-        args.device, args.workers, args.compile, distributed=True, threads=args.threads
+        args.device, args.workers, args.compile, distributed=True, threads=threads
     ) as rt:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
         model = routes.new_classifier(bert, bert_meta, num_classes=len(labels))
