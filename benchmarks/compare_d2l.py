@@ -21,7 +21,8 @@ Waits (up to --wait-max seconds) for the 1-minute load average to fall below --q
 --peer: the training jobs also run `peer_transformers.py` (Hugging Face transformers'
 BertForPreTraining and BertForSequenceClassification on the same examples and pairs) as a third
 side, and fine-tuning the hf_bert route's classifier at d2l's shape in our loop (`ours.py
-finetune --model hf-d2l`), alternating with the others; a second table gives ours against them.
+finetune --model hf-d2l` at --threads: on this route the stage keeps one thread count),
+alternating with the others; a second table gives ours against them.
 
 --contend N: N busy processes (`while True: pass`) run through every measurement of both sides,
 as a user's other work would; the matmul peak is measured before they start. The training
@@ -166,7 +167,9 @@ def measure(args: argparse.Namespace, wiki: Path, snli: Path, tmp: Path) -> dict
             if args.peer and name in ("pretrain", "finetune"):
                 order.append(("transformers", [*peer, *d2l_cmds[0][2:]]))
             if args.peer and name == "finetune":
-                order.append(("hf_bert", [*ours_cmd, "--model", "hf-d2l"]))
+                # the stage keeps one thread count on this route (auto does not switch)
+                order.append(("hf_bert", [*ours_cmd, "--model", "hf-d2l", "--threads",
+                                          str(args.threads)]))  # fmt: skip
             if args.contend and name in ("pretrain", "finetune"):
                 order.append(("ours_1_thread", [*ours_cmd, "--threads", "1"]))
             runs: dict[str, list] = {side: [] for side, _ in order}

@@ -97,12 +97,10 @@ def snli_arrays(path: Path, vocab: Vocab, workers: int) -> dict[str, np.ndarray]
 def hf_snli_arrays(path: Path, folder: Path) -> tuple[dict[str, np.ndarray], int]:
     """make_snli's arrays on the hf_bert route (raw text, the tokenizer in `folder`) and the
     tokenizer's size."""
-    from bertpipe import artifacts, hf_bert
+    from bertpipe import hf_bert
 
     tokenizer = hf_bert.load_tokenizer(folder)
-    backend = hf_bert.pair_tokenizer(tokenizer, SNLI_MAX_LEN)
-    dtype = artifacts.id_dtype(len(tokenizer))
-    encoder = snli.TokenizerPairEncoder(backend, SNLI_MAX_LEN, dtype)
+    encoder = snli.TokenizerPairEncoder.of(tokenizer, SNLI_MAX_LEN)
     pairs = snli.read_snli(path, raw=True)
     encoded = snli.encode_pairs(encoder, pairs.premises, pairs.hypotheses, 1)
     return {**encoded.arrays(), "labels": pairs.labels}, len(tokenizer)

@@ -10,7 +10,7 @@ fresh process by `compare_d2l.py --peer`, beside `ours.py` and d2l, alternating:
 and, as a harness of its own, the hf_bert route's seconds per epoch of full SNLI at BERT-Tiny's
 and bert-base's shapes (estimates, see `cmd_epochs`):
 
-  peer_transformers.py epochs [--shared ../shared/data] [--repeats 3]
+  peer_transformers.py epochs [--shared ../shared/data] [--repeats 3] [--runs MODEL:BATCH:STEPS ...]
 
 pretrain and finetune read what `ours.py` reads (the examples and the SNLI pairs built by the
 package functions the stages call, ids of our vocabulary) at d2l's shape (`ours.HF_SHAPES`:
@@ -186,49 +186,52 @@ def padded_per_pair(snli_file: Path, tokenizer: Path, batch_size: int, seed: int
 def cmd_epochs(args: argparse.Namespace) -> dict:
     """Seconds per epoch of SNLI's 550,152 training pairs on the hf_bert route, estimated.
 
-    `ours.py finetune --model hf-tiny / hf-base --tokenizer T` times the route's own loop on
-    SNLI dev (the representative sample: 9,842 pairs; the training file is not here) in fresh
-    processes, alternating, best of --repeats: the first length-bucketed batches of an epoch.
-    Their time per padded token (batch size x longest pair) times the padded tokens per pair of
-    a whole epoch at that batch size, times 550,152 pairs, is the estimate. bert-base is timed
-    on a few small batches (it takes seconds a step); the estimate is for an epoch at that batch
-    size, whose per-step costs (the optimiser's) the per-token figure includes.
+    Each of --runs (model:batch size:steps) is `ours.py finetune --model M --tokenizer T`: the
+    route's own loop on SNLI dev (the representative sample, 9,842 pairs; the training file is
+    not here), its first length-bucketed batches of an epoch, in fresh processes, alternating,
+    best of --repeats, at --threads (on this route the stage keeps one thread count). Its time
+    per padded token (batch size x longest pair, summed) times the padded tokens per pair of a
+    whole epoch of dev at that batch size, times 550,152 pairs, is the estimate. bert-base takes
+    seconds a step, so it is timed on a few small batches; the estimate is for an epoch at that
+    batch size, whose per-step costs (the optimiser's update of 110 M parameters) the per-token
+    figure includes.
     """
     snli_file = args.shared / "snli_1.0" / "snli_1.0_dev.txt"
     wiki = args.shared / "wikitext-2" / "wiki.valid.tokens"  # ours.py's --wiki: unread here
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-    shapes = {"hf-tiny": (args.tiny_batch, args.tiny_steps),
-              "hf-base": (args.base_batch, args.base_steps)}  # fmt: skip
+    shapes = {spec: spec.split(":") for spec in args.runs}  # "hf-tiny:512:10" -> name, batch, steps
     with tempfile.TemporaryDirectory(prefix="bertpipe-epochs-") as tmp:
         tokenizer = train_tokenizer(args.shared, Path(tmp) / "tokenizer")
         load_start = compare_d2l.wait_quiet(args.quiet, args.wait_max)
-        runs: dict[str, list] = {name: [] for name in shapes}
+        runs: dict[str, list] = {spec: [] for spec in shapes}
         for r in range(args.repeats):
-            for name in list(shapes) if r % 2 == 0 else list(shapes)[::-1]:
-                batch, steps = shapes[name]
+            for spec in list(shapes) if r % 2 == 0 else list(shapes)[::-1]:
+                name, batch, steps = shapes[spec]
                 cmd = [sys.executable, str(HERE / "ours.py"), "finetune", "--model", name,
                        "--tokenizer", str(tokenizer), "--snli-file", str(snli_file),
-                       "--wiki", str(wiki), "--batch-size", str(batch),
-                       "--steps", str(steps)]  # fmt: skip
-                print(f"{name}: run {r + 1}/{args.repeats} (load {compare_d2l.load1():.2f})",
+                       "--wiki", str(wiki), "--batch-size", batch, "--steps", steps,
+                       "--threads", str(args.threads)]  # fmt: skip
+                print(f"{spec}: run {r + 1}/{args.repeats} (load {compare_d2l.load1():.2f})",
                       file=sys.stderr)  # fmt: skip
-                runs[name].append(compare_d2l.run_json(cmd, env))
+                runs[spec].append(compare_d2l.run_json(cmd, env))
         load_end = compare_d2l.load1()
         figures = {}
-        for name, (batch, _) in shapes.items():
-            fastest = compare_d2l.best(runs[name], "examples_per_sec", True)
+        for spec, (_, batch, _) in shapes.items():
+            fastest = compare_d2l.best(runs[spec], "examples_per_sec", True)
             seconds = fastest["timed_examples"] / fastest["examples_per_sec"]
             per_token = seconds / fastest["padded_tokens"]
-            per_pair = padded_per_pair(snli_file, tokenizer, batch, 0)
-            figures[name] = {
-                "batch_size": batch,
+            per_pair = padded_per_pair(snli_file, tokenizer, int(batch), 0)
+            figures[spec] = {
                 "examples_per_sec": fastest["examples_per_sec"],
-                "threads": fastest["threads"],
+                "threads_mean": fastest["threads_mean"],
                 "padded_tokens_per_pair": round(per_pair, 2),
                 "seconds_per_epoch_estimate": round(per_token * per_pair * SNLI_TRAIN_PAIRS),
             }
-    info = compare_d2l.machine(args.threads, {"torch": torch.__version__})
+    info = compare_d2l.machine(
+        args.threads,
+        {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+    )
     return {**info, "load_start": load_start, "load_end": load_end, "repeats": args.repeats,
             "figures": figures, "runs": runs}  # fmt: skip
 
@@ -247,10 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("epochs")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--repeats", type=int, default=3, help="runs per shape (best counts)")
-    p.add_argument("--tiny-batch", type=int, default=512)
-    p.add_argument("--tiny-steps", type=int, default=10)
-    p.add_argument("--base-batch", type=int, default=32)
-    p.add_argument("--base-steps", type=int, default=6)
+    p.add_argument("--runs", nargs="+", default=["hf-tiny:512:10", "hf-tiny:32:40", "hf-base:32:8"],
+                   help="model:batch size:timed steps")  # fmt: skip
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch/OMP threads")
     p.add_argument("--quiet", type=float, default=0.7, help="load average to wait for")
     p.add_argument("--wait-max", type=float, default=600, help="seconds to wait at most")
