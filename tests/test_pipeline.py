@@ -239,3 +239,42 @@ def test_switching_to_d2ls_weights_reruns_exactly_that_route(restored, tmp_path)
     _, meta = checkpoints.load_classifier(workspace / "data/finetune/model.safetensors")
     assert meta["vocab_sha1"] == artifacts.sha1_of_file(workspace / "data/d2l_bert/tiny/vocab.json")
     assert metrics(workspace)["metrics/evaluate.json"]["data"]["accuracy"] >= 0.6  # chance: 1/3
+
+
+def locked(workdir: Path) -> dict:
+    """dvc.lock's entry for each stage."""
+    return yaml.safe_load((workdir / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+
+
+def test_switching_to_a_hugging_face_bert_reruns_exactly_that_route(restored, tiny_hf_bert):
+    """finetune.pretrained: hf_bert/<name> with a local folder puts hf_bert@<name> -> make_snli
+    -> finetune -> evaluate in the DAG; the repro runs those four and nothing else, and going
+    back to `pretrain` runs nothing: DVC's run cache restores that route's outputs."""
+    from bertpipe import hf_bert
+
+    workspace = restored
+    before, before_lock = snapshot(workspace), locked(workspace)
+    names = [p.name for p in tiny_hf_bert.iterdir()]
+    entry = {"source": str(tiny_hf_bert), "revision": None,
+             "sha256": hf_bert.folder_sha256(tiny_hf_bert, names)}  # fmt: skip
+    params = yaml.safe_load((workspace / "params.yaml").read_text(encoding="utf-8"))
+    pretrain_route = yaml.safe_dump(params)
+    params["hf_bert"] = {"tiny": entry}
+    params["finetune"].update(pretrained="hf_bert/tiny", num_epochs=1)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    edges = re.findall(r'"(\S+)" -> "(\S+)"', scratch.dvc(workspace, "dag", "--dot", capture=True))
+    for edge in [("hf_bert@tiny", "make_snli"), ("make_snli", "finetune"),
+                 ("finetune", "evaluate")]:  # fmt: skip
+        assert edge in edges
+    ran = stages_run(scratch.dvc(workspace, "repro", capture=True))
+    assert sorted(ran) == ["evaluate", "finetune", "hf_bert@tiny", "make_snli"]
+    snli_meta = json.loads((workspace / "data/make_snli/meta.json").read_text())
+    assert snli_meta["vocab_sha1"] == hf_bert.tokenizer_sha1(tiny_hf_bert)
+    assert "accuracy" in json.loads((workspace / "metrics/evaluate.json").read_text())
+
+    (workspace / "params.yaml").write_text(pretrain_route, encoding="utf-8")
+    assert stages_run(scratch.dvc(workspace, "repro", capture=True)) == []
+    lock = locked(workspace)
+    assert lock.pop("hf_bert@tiny") and lock == before_lock  # DVC keeps the entry it ran
+    now = {k: v for k, v in snapshot(workspace).items() if "hf_bert" not in k}
+    assert now.pop("dvc.lock") and before.pop("dvc.lock") and now == before
