@@ -329,3 +329,41 @@ def test_python_dash_m_bertpipe(tmp_path):
         done.stderr.strip()
         == f"error: {tmp_path / 'm'}: no such checkpoint; run the finetune stage first"
     )
+
+
+def test_fill_mask_ranks_first_the_word_a_tiny_model_was_trained_to_put_there(tmp_path, capsys):
+    """This pipeline's MLM head (d2l's imported weights run the same code), trained for a few
+    steps to put "henson" at the masked slot of the demo sentence; the command's default
+    sentence spells the mask [MASK], Google's way."""
+    words = use.JIM_HENSON.replace("[MASK]", "henson").split()
+    vocab = Vocab.build(words + WORDS.split(), min_freq=1)
+    folder = tmp_path / "pretrain"  # as the pretrain stage writes it
+    vocab.save(tmp_path / "pretrain" / "vocab.json")
+    torch.manual_seed(0)
+    bert = BERTModel(len(vocab), CFG)
+    slot = 1 + words.index("henson", 4)  # after <cls>: the second "henson"
+    ids = torch.tensor([[vocab[t] for t in ["<cls>", *words, "<sep>"]]])  # (1, T)
+    ids[0, slot] = vocab.mask_id
+    segments, valid_lens = torch.zeros_like(ids), torch.tensor([ids.shape[1]])
+    before = use.fill_mask(bert, vocab, use.JIM_HENSON, top_k=1).guesses[0][0][0]
+    assert before != "henson"
+    opt = torch.optim.Adam(bert.parameters(), lr=1e-2)
+    for _ in range(20):
+        _, mlm_logits, _ = bert.train()(ids, segments, valid_lens, torch.tensor([[slot]]))
+        loss = torch.nn.functional.cross_entropy(mlm_logits[0], torch.tensor([vocab["henson"]]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    meta = checkpoints.bert_meta(CFG, len(vocab), vocab.sha1)
+    artifacts.save_checkpoint(folder / "model.safetensors", bert.state_dict(), meta)
+
+    bertpipe("fill-mask", "--model", folder, "--top-k", "3")  # vocab.json beside the checkpoint
+    sentence, where, *guesses = capsys.readouterr().out.splitlines()
+    assert sentence == "<cls> " + use.JIM_HENSON.replace("[MASK]", "<mask>") + " <sep>"
+    assert where == f"<mask> at position {slot}:" and len(guesses) == 3
+    assert guesses[0].split()[1] == "henson"
+    probs = [float(g.split()[2]) for g in guesses]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0
+    filled = use.fill_mask(bert, vocab, use.JIM_HENSON.replace("[MASK]", "<mask>"), top_k=3)
+    assert [round(p, 4) for _, p in filled.guesses[0]] == probs
+    assert "no <mask> or [MASK]" in run_error(capsys, "fill-mask", "--model", folder, "jim")

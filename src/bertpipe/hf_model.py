@@ -64,7 +64,7 @@ def _quiet() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-def _from_pretrained(cls: type, folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+def _from_pretrained(cls: type, folder: Path, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """`cls.from_pretrained(folder)`: local safetensors only, float32; (model, loading info)."""
     if not (folder / hf_bert.WEIGHTS_FILE).is_file():
         raise UserError(
@@ -76,6 +76,7 @@ def _from_pretrained(cls: type, folder: Path) -> tuple[nn.Module, dict[str, Any]
             return cls.from_pretrained(
                 str(folder), local_files_only=True, use_safetensors=True,
                 output_loading_info=True, attn_implementation=ATTENTION, dtype=torch.float32,
+                **kwargs,
             )  # fmt: skip
     except (OSError, ValueError, RuntimeError) as err:  # a broken config or weights file
         detail = (str(err).strip().splitlines() or [""])[0][:200]
@@ -92,11 +93,12 @@ def _keys(names: Any, limit: int = 4) -> str:
     )
 
 
-def load_bert(folder: str | Path) -> tuple[BertModel, dict[str, Any]]:
-    """transformers' BertModel (encoder and pooler, CPU) from `folder` and its header
-    (`checkpoints.hf_bert_meta`: the config, the tokenizer's identity)."""
+def load_bert(folder: str | Path, pooler: bool = True) -> tuple[BertModel, dict[str, Any]]:
+    """transformers' BertModel (encoder and, unless `pooler` is False, pooler; CPU) from
+    `folder` and its header (`checkpoints.hf_bert_meta`: the config, the tokenizer's identity).
+    `bertpipe encode` reads the encoder only, so it takes BertForMaskedLM's weights too."""
     folder = Path(folder)
-    bert, info = _from_pretrained(BertModel, folder)
+    bert, info = _from_pretrained(BertModel, folder, add_pooling_layer=pooler)
     missing = set(info["missing_keys"]) | {k for k, *_ in info["mismatched_keys"]}
     if missing:
         raise UserError(
