@@ -20,3 +20,19 @@ def test_checkpoint_checks_name_the_problem(tmp_path, fake):
         checkpoints.load_classifier(tmp_path / "bert.safetensors")
     with pytest.raises(UserError, match="no such checkpoint"):
         checkpoints.load_bert(tmp_path / "missing.safetensors")
+
+
+def test_check_snli_fits_reads_the_hf_routes_header():
+    """transformers' BertConfig names its positions max_position_embeddings; the ids' identity
+    is the tokenizer's (tokenizer.json's SHA-1)."""
+    meta = checkpoints.hf_bert_meta({"vocab_size": 30, "max_position_embeddings": 16}, "a" * 40)
+    assert checkpoints.is_transformers(meta) and checkpoints.max_position(meta) == 16
+    snli = {"vocab_sha1": "a" * 40, "max_len": 16}
+    checkpoints.check_snli_fits(snli, "snli", meta, "ckpt")
+    with pytest.raises(
+        UserError,
+        match="tokenised with vocabulary bbbbbbbbbb, but ckpt was trained with tokenizer aaa",
+    ):
+        checkpoints.check_snli_fits({**snli, "vocab_sha1": "b" * 40}, "snli", meta, "ckpt")
+    with pytest.raises(UserError, match="max_len 17 exceeds"):
+        checkpoints.check_snli_fits({**snli, "max_len": 17}, "snli", meta, "ckpt")

@@ -334,3 +334,20 @@ def test_two_gloo_processes_fine_tune_as_one_process_does(work, tiny_hf_bert, tm
     assert one.keys() == two.keys()
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_evaluate_scores_the_hf_classifier_as_finetune_did(work, finetuned, stage):
+    """The evaluate stage loads the checkpoint through `routes` and checks it against SNLI's
+    tokenizer identity; its test accuracy is the one fine-tuning reported after its last epoch."""
+    params = {**PARAMS, "evaluate": {"batch_size": 7, "split": "test"}}
+    (work / "evaluate.yaml").write_text(yaml.safe_dump(params))
+    stage("evaluate").main([
+        "--params", str(work / "evaluate.yaml"), "--snli", str(work / "make_snli"),
+        "--model", str(finetuned / "finetune" / "model.safetensors"),
+        "--metrics", str(work / "evaluate.json"), "--predictions", str(work / "predictions.csv"),
+        "--device", "cpu", "--threads", "1",
+    ])  # fmt: skip
+    scored = json.loads((work / "evaluate.json").read_text())
+    tuned = json.loads((finetuned / "finetune.json").read_text())
+    assert scored["num_pairs"] == len(pairs_of(synthetic.snli_rows(SIZES["test"], seed=300)))
+    assert scored["accuracy"] == pytest.approx(tuned["test_accuracy"], abs=1e-4)
