@@ -222,6 +222,42 @@ def test_longest_first_lengths_are_the_tokenizers_cut_everywhere(tiny_hf_bert):
         assert keep_p.tolist() == want_p.tolist() and keep_h.tolist() == want_h.tolist()
 
 
+AWKWARD = [
+    ('Café  au lait,\tnaïve cooks\' "bread".', "  A man\u00a0sleeps  "),
+    ("He said [SEP] twice", "日本語 text and e\u0301cole"),
+    ("x\x00y \x1c z", ""),
+    ("", "a"),
+    ("ﬁve ＡＢＣ – ok...", "Ünïcödé ÅNGSTRÖM"),
+]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_awkward_text_gets_the_tokenizers_ids(tiny_hf_bert, lowercase):
+    """Accents, combining marks, CJK, control characters, no-break and repeated spaces, a
+    literal [SEP], empty sentences: cased and uncased, as the tokenizer encodes them."""
+    from tokenizers import normalizers
+
+    tokenizer = hf_bert.load_tokenizer(tiny_hf_bert)
+    tokenizer.backend_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    for max_len in (8, 64):
+        encoder = snli.TokenizerPairEncoder.of(tokenizer, max_len)
+        encoded = encoder.encode([p for p, _ in AWKWARD], [h for _, h in AWKWARD])
+        for i, (premise, hypothesis) in enumerate(AWKWARD):
+            want = tokenizer(premise, hypothesis, truncation="longest_first", max_length=max_len)
+            ids = encoded.token_ids[encoded.offsets[i] : encoded.offsets[i + 1]].tolist()
+            assert ids == want["input_ids"]
+            assert want["token_type_ids"].count(0) == encoded.segment_starts[i]
+
+
+def test_a_tokenizer_that_could_join_words_across_a_space_is_refused(tiny_hf_bert):
+    from tokenizers import pre_tokenizers
+
+    tokenizer = hf_bert.load_tokenizer(tiny_hf_bert)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    with pytest.raises(UserError, match=r"pre-tokenizer Metaspace: make_snli encodes SNLI with"):
+        snli.TokenizerPairEncoder.of(tokenizer, 32)
+
+
 def test_a_tokenizer_without_berts_pair_template_is_refused(tiny_hf_bert):
     from tokenizers import processors
 

@@ -12,8 +12,10 @@ On the hf_bert route the model brings its own tokenizer, which applies its own c
 normalisation: the raw `sentence1`/`sentence2` columns are read instead, and the ids are those of
 `tokenizer(p, h, truncation="longest_first", max_length=max_len)`: `[CLS] p [SEP] h [SEP]`, cut
 by the tokenizer's longest-first rule (`longest_first_lengths`), in the same on-disk layout.
-`TokenizerPairEncoder` gets them by running the tokenizer once per distinct sentence of a chunk
-(SNLI repeats each premise for its three hypotheses) and building the pairs with numpy.
+`TokenizerPairEncoder` gets them by running the tokenizer once per distinct space-separated word
+of a chunk of pairs and building the sentences and pairs with numpy: a BERT tokenizer never
+joins text across an ASCII space (see `TokenizerPairEncoder`), and a chunk of SNLI holds a few
+thousand distinct words for tens of thousands of words in all.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import copy
 import csv
 import io
+import json
 import logging
 import multiprocessing
 from collections.abc import Iterator
@@ -303,7 +306,15 @@ class PairEncoder:
 
 @dataclass(frozen=True)
 class TokenizerPairEncoder:
-    """The hf_bert route's encoder: the model's own tokenizer, sent to each worker once."""
+    """The hf_bert route's encoder: the model's own tokenizer, sent to each worker once.
+
+    It encodes each distinct space-separated word of a chunk on its own, which gives the ids of
+    the whole sentence for a BERT tokenizer: its normaliser (`BertNormalizer`) maps each character
+    on its own (accents are stripped after a canonical decomposition, whose reordering never
+    crosses a space), its pre-tokenizer (`BertPreTokenizer`) splits at every space, and WordPiece
+    works within a word. `of` refuses a tokenizer built otherwise, or with an added token
+    holding a space, and `tests/test_hf_bert.py` compares with the tokenizer on every pair.
+    """
 
     tokenizer: Any  # a `tokenizers.Tokenizer` without truncation or padding (see `of`)
     max_len: int  # of `[CLS] p [SEP] h [SEP]`
@@ -318,6 +329,7 @@ class TokenizerPairEncoder:
         backend = copy.deepcopy(tokenizer.backend_tokenizer)  # the caller's keeps its settings
         backend.no_truncation()
         backend.no_padding()
+        _check_bert_pipeline(json.loads(backend.to_str()))
         encoder = cls(backend, max_len, artifacts.id_dtype(len(tokenizer)),
                       tokenizer.cls_token_id, tokenizer.sep_token_id)  # fmt: skip
         probe = ("A man, twice.", "Nobody")
@@ -336,20 +348,60 @@ class TokenizerPairEncoder:
             raise UserError(f"make_snli.max_len: {self.max_len} is not in [3, 32767]")
 
     def encode(self, premises: list[str], hypotheses: list[str]) -> Encoded:
-        """Encode one chunk of raw pairs: one batch call to the tokenizer for the chunk's
-        distinct sentences, then the pairs cut and assembled with array operations."""
-        distinct = list(dict.fromkeys(chain(premises, hypotheses)))  # in first-seen order
-        row = {sentence: i for i, sentence in enumerate(distinct)}
-        encodings = self.tokenizer.encode_batch(distinct, add_special_tokens=False)
-        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))  # (d,)
-        ids = chain.from_iterable(e.ids for e in encodings)
-        ids = np.fromiter(ids, dtype=self.dtype, count=int(lengths.sum()))  # (d tokens,)
+        """Encode one chunk of raw pairs: one call to the tokenizer for the chunk's
+        distinct words, then sentences and pairs built with array operations."""
+        n = len(premises)
+        ids, lengths = self._sentences([*premises, *hypotheses])  # (tokens,), (2n,)
         starts = _starts(lengths)
-        p = np.fromiter(map(row.__getitem__, premises), dtype=np.int64, count=len(premises))
-        h = np.fromiter(map(row.__getitem__, hypotheses), dtype=np.int64, count=len(hypotheses))
-        keep_p, keep_h = longest_first_lengths(lengths[p], lengths[h], self.max_len - 3)
-        premise, hypothesis = (ids, starts[p], lengths[p]), (ids, starts[h], lengths[h])
-        return _pairs(premise, hypothesis, keep_p, keep_h, self.cls_id, self.sep_id, self.dtype)
+        premise = (ids, starts[:n], lengths[:n])
+        hypothesis = (ids, starts[n:], lengths[n:])
+        keep_p, keep_h = longest_first_lengths(lengths[:n], lengths[n:], self.max_len - 3)
+        # transformers' tokenizer(p, "") takes an empty hypothesis for none: [CLS] p [SEP]
+        alone = np.fromiter((h == "" for h in hypotheses), dtype=bool, count=n)  # (n,)
+        keep_p = np.where(alone, np.minimum(lengths[:n], self.max_len - 2), keep_p)
+        encoded = _pairs(premise, hypothesis, keep_p, keep_h, self.cls_id, self.sep_id, self.dtype)
+        return _without_last_sep(encoded, alone) if alone.any() else encoded
+
+    def _sentences(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of the sentences, concatenated (tokens,), and ids per sentence (n,)."""
+        words = [s.split(" ") for s in sentences]  # at least one (maybe empty) word each
+        per_sentence = np.fromiter(map(len, words), dtype=np.int64, count=len(words))  # (n,)
+        flat = list(chain.from_iterable(words))  # (w,)
+        distinct = list(dict.fromkeys(flat))  # (d,) in first-seen order
+        row = {word: i for i, word in enumerate(distinct)}
+        # one call: each word of a pre-tokenized input is normalised and split on its own
+        encoding = self.tokenizer.encode(distinct, is_pretokenized=True, add_special_tokens=False)
+        word_ids = np.array(encoding.ids, dtype=self.dtype)  # (d tokens,) word after word
+        of_word = np.array(encoding.word_ids, dtype=np.int64)  # (d tokens,)
+        word_len = np.bincount(of_word, minlength=len(distinct))  # (d,) 0 for an empty word
+        at = np.fromiter(map(row.__getitem__, flat), dtype=np.int64, count=len(flat))  # (w,)
+        ids = word_ids[_ranges(_starts(word_len)[at], word_len[at])]  # (tokens,)
+        lengths = np.add.reduceat(word_len[at], _starts(per_sentence))  # (n,)
+        return ids, lengths
+
+
+def _without_last_sep(encoded: Encoded, alone: np.ndarray) -> Encoded:
+    """`encoded` without the final <sep> of the pairs marked `alone` (n,), whose hypothesis is
+    empty and whose segment 1 is then empty too."""
+    keep = np.ones(len(encoded.token_ids), dtype=bool)
+    keep[encoded.offsets[1:][alone] - 1] = False
+    lengths = np.diff(encoded.offsets) - alone
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return Encoded(encoded.token_ids[keep], offsets, encoded.segment_starts, encoded.truncated)
+
+
+def _check_bert_pipeline(tokenizer: dict) -> None:
+    """Refuse a tokenizer (its tokenizer.json) whose ids could join text across a space."""
+    normalizer = (tokenizer.get("normalizer") or {}).get("type")
+    pre_tokenizer = (tokenizer.get("pre_tokenizer") or {}).get("type")
+    spaced = [t["content"] for t in tokenizer.get("added_tokens", []) if " " in t["content"]]
+    if normalizer not in (None, "BertNormalizer") or pre_tokenizer != "BertPreTokenizer" or spaced:
+        raise UserError(
+            f"the tokenizer's normalizer is {normalizer}, its pre-tokenizer {pre_tokenizer}"
+            f"{f', added tokens {spaced}' if spaced else ''}: make_snli encodes SNLI with BERT "
+            "tokenizers only (BertNormalizer or none, BertPreTokenizer, no added token with a "
+            "space)"
+        )
 
 
 Side = tuple[np.ndarray, np.ndarray, np.ndarray]  # (ids (tokens,), starts (n,), lengths (n,))
