@@ -166,10 +166,11 @@ def test_a_killed_run_on_the_hf_route_resumes_to_the_bytes_of_an_uninterrupted_o
 
 
 def test_folders_that_do_not_fit_are_refused_in_one_line(tmp_path, tiny_hf_bert):
-    """No pooler (BertForMaskedLM's weights): no fine-tuning; no MLM head: no fill-mask."""
+    """No pooler (BertForMaskedLM's weights): no fine-tuning; no MLM head: no fill-mask; weights
+    of other shapes than the config, or no safetensors: neither."""
     mlm_only = tmp_path / "mlm_only"
     BertForMaskedLM.from_pretrained(tiny_hf_bert).save_pretrained(mlm_only)
-    with pytest.raises(UserError, match=r"pooler\.dense\.bias, pooler\.dense\.weight\)"):
+    with pytest.raises(UserError, match=r"lack pooler\.dense\.bias, pooler\.dense\.weight;"):
         hf_model.load_bert(mlm_only)
     hf_model.load_mlm(mlm_only)  # what it has: encoder and MLM head
 
@@ -177,6 +178,11 @@ def test_folders_that_do_not_fit_are_refused_in_one_line(tmp_path, tiny_hf_bert)
     BertModel.from_pretrained(tiny_hf_bert).save_pretrained(encoder_only)
     with pytest.raises(UserError, match="has no MLM head"):
         hf_model.load_mlm(encoder_only)
+
+    config = json.loads((encoder_only / "config.json").read_text())
+    (encoder_only / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    with pytest.raises(UserError, match=r"other shapes than its config.json says \(encoder"):
+        hf_model.load_bert(encoder_only)
 
     (encoder_only / "model.safetensors").unlink()
     with pytest.raises(UserError, match="safetensors weights only"):

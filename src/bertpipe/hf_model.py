@@ -64,8 +64,9 @@ def _quiet() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-def _from_pretrained(cls: type, folder: Path, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """`cls.from_pretrained(folder)`: local safetensors only, float32; (model, loading info)."""
+def _from_pretrained(cls: type, folder: Path, **kwargs: Any) -> tuple[nn.Module, set[str]]:
+    """`cls.from_pretrained(folder)`: local safetensors only, float32, every tensor of the shape
+    config.json says; (model, the names of the weights it lacks)."""
     if not (folder / hf_bert.WEIGHTS_FILE).is_file():
         raise UserError(
             f"{folder}: no {hf_bert.WEIGHTS_FILE}; the hf_bert route loads safetensors weights "
@@ -73,9 +74,10 @@ def _from_pretrained(cls: type, folder: Path, **kwargs: Any) -> tuple[nn.Module,
         )
     try:
         with _quiet():
-            return cls.from_pretrained(
+            model, info = cls.from_pretrained(
                 str(folder), local_files_only=True, use_safetensors=True,
                 output_loading_info=True, attn_implementation=ATTENTION, dtype=torch.float32,
+                ignore_mismatched_sizes=True,  # listed in the loading info, refused below
                 **kwargs,
             )  # fmt: skip
     except (OSError, ValueError, RuntimeError) as err:  # a broken config or weights file
@@ -84,6 +86,13 @@ def _from_pretrained(cls: type, folder: Path, **kwargs: Any) -> tuple[nn.Module,
             f"{folder}: transformers cannot load {cls.__name__} from it ({detail}); fetch the "
             f"folder again (dvc repro -f hf_bert@<name>)"
         ) from None
+    reshaped = {k for k, *_ in info["mismatched_keys"]}
+    if reshaped:
+        raise UserError(
+            f"{folder}: weights of other shapes than its config.json says ({_keys(reshaped)}); "
+            f"fetch the folder again (dvc repro -f hf_bert@<name>)"
+        )
+    return model, set(info["missing_keys"])
 
 
 def _keys(names: Any, limit: int = 4) -> str:
@@ -98,13 +107,12 @@ def load_bert(folder: str | Path, pooler: bool = True) -> tuple[BertModel, dict[
     `folder` and its header (`checkpoints.hf_bert_meta`: the config, the tokenizer's identity).
     `bertpipe encode` reads the encoder only, so it takes BertForMaskedLM's weights too."""
     folder = Path(folder)
-    bert, info = _from_pretrained(BertModel, folder, add_pooling_layer=pooler)
-    missing = set(info["missing_keys"]) | {k for k, *_ in info["mismatched_keys"]}
+    bert, missing = _from_pretrained(BertModel, folder, add_pooling_layer=pooler)
     if missing:
         raise UserError(
-            f"{folder}: its weights do not fit BERT's encoder and pooler (missing or of another "
-            f"shape: {_keys(missing)}); fine-tuning starts from the pooler, so the folder needs "
-            f"weights saved from BertModel or BertForPreTraining"
+            f"{folder}: its weights lack {_keys(missing)}; fine-tuning starts from BERT's "
+            f"encoder and pooler, so the folder needs weights saved from BertModel or "
+            f"BertForPreTraining"
         )
     return bert, checkpoints.hf_bert_meta(config_dict(bert.config), hf_bert.tokenizer_sha1(folder))
 
@@ -145,13 +153,12 @@ def classifier_from(tensors: dict[str, Tensor], meta: dict[str, Any], path: Any)
 def load_mlm(folder: str | Path) -> BertForMaskedLM:
     """BertForMaskedLM (encoder and MLM head, eval mode, CPU) from `folder`, for fill-mask."""
     folder = Path(folder)
-    mlm, info = _from_pretrained(BertForMaskedLM, folder)
-    missing = set(info["missing_keys"]) | {k for k, *_ in info["mismatched_keys"]}
+    mlm, missing = _from_pretrained(BertForMaskedLM, folder)
     if any(k.startswith("cls.") for k in missing):
         raise UserError(
             f"{folder}: has no MLM head (its weights lack {_keys(missing)}); fill-mask needs "
             f"weights saved from BertForMaskedLM or BertForPreTraining"
         )
     if missing:
-        raise UserError(f"{folder}: its weights do not fit BERT's encoder ({_keys(missing)})")
+        raise UserError(f"{folder}: its weights lack {_keys(missing)}")
     return mlm.eval()
