@@ -411,7 +411,7 @@ def run_stage_online(tmp_path: Path, hub: FakeHub, params: Path, name: str) -> t
     and HF_HUB_OFFLINE when imported), with a fresh Hugging Face cache."""
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0",
            "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": str(REPO / "src"),
-           "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
+           "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}  # fmt: skip
     env.pop("HF_TOKEN", None)
     out, metrics = tmp_path / "data" / name, tmp_path / "metrics" / f"{name}.json"
     cmd = [sys.executable, str(REPO / "stages" / "hf_bert.py"), "--params", str(params),
@@ -434,6 +434,7 @@ def test_a_hub_model_is_fetched_at_the_commit_its_revision_names(tmp_path, tiny_
             "damaged": {"source": "someone/damaged", "revision": "main", "sha256": None},
             "nowhere": {"source": "google/nowhere", "revision": "main", "sha256": None},
             "old": {"source": "google/tiny", "revision": "v0.1", "sha256": None},
+            "pinned": {"source": "google/tiny", "revision": "main", "sha256": "0" * 64},
         }
         params = write_params(tmp_path, entries)
         code, err = run_stage_online(tmp_path, hub, params, "tiny")
@@ -454,6 +455,7 @@ def test_a_hub_model_is_fetched_at_the_commit_its_revision_names(tmp_path, tiny_
             ("damaged", r"model\.safetensors arrived with hash [0-9a-f]{64}, the Hub lists"),
             ("nowhere", r"hf_bert\.nowhere: RepositoryNotFoundError: "),
             ("old", r"hf_bert\.old: RevisionNotFoundError: "),
+            ("pinned", rf"hf_bert\.pinned\.sha256 is 0{{64}}, but .* digest {m['sha256']}: the"),
         ):
             code, err = run_stage_online(tmp_path, hub, params, name)
             lines = err.strip().splitlines()
