@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from safetensors.numpy import save
 
 from bertpipe import artifacts, hf_bert, snli, synthetic
 from bertpipe.errors import UserError
@@ -307,12 +308,13 @@ class FakeHub:
     `repos[repo] = {file: bytes}`; every repository has one commit, `main` names it. Files
     ending in .safetensors or .bin are LFS files (listed with their SHA-256), the others git
     blobs (listed with their git SHA-1). `damaged` (repo, file)s are served with their last byte
-    changed.
+    changed; the first GET of a `cut` one stops halfway, and a GET with a Range gets the rest.
     """
 
     def __init__(self):
         self.repos: dict[str, dict[str, bytes]] = {}
         self.damaged: set[tuple[str, str]] = set()
+        self.cut: set[tuple[str, str]] = set()
         self.requests: list[str] = []
         handler = type("Handler", (_HubHandler,), {"hub": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -355,7 +357,8 @@ class _HubHandler(BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        self.hub.requests.append(f"{self.command} {path}")
+        asked = f" {self.headers['Range']}" if "Range" in self.headers else ""
+        self.hub.requests.append(f"{self.command} {path}{asked}")
         if m := re.fullmatch(r"/api/models/(.+)/revision/([^/]+)", path):
             return self._model_info(m[1], m[2])
         if m := re.fullmatch(r"/(.+)/resolve/([^/]+)/(.+)", path):
@@ -391,6 +394,16 @@ class _HubHandler(BaseHTTPRequestHandler):
         if (repo, name) in self.hub.damaged:
             data = data[:-1] + bytes([data[-1] ^ 1])
         headers = {"ETag": f'"{etag}"', "X-Repo-Commit": self.hub.commit(repo)}
+        start = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if start and body:
+            rest = {"Content-Range": f"bytes {start[1]}-{len(data) - 1}/{len(data)}"}
+            return self._send(206, data[int(start[1]) :], {**headers, **rest})
+        if body and (repo, name) in self.hub.cut:
+            self.hub.cut.discard((repo, name))
+            self._send(200, data, headers, body=False)  # the headers of the whole file...
+            self.wfile.write(data[: len(data) // 2])  # ...half of it, and hang up
+            self.close_connection = True
+            return None
         self._send(200, data, headers, body)
 
     def _send(self, status: int, data: bytes, headers: dict, body: bool = True) -> None:
@@ -421,12 +434,19 @@ def run_stage_online(tmp_path: Path, hub: FakeHub, params: Path, name: str) -> t
 
 
 def test_a_hub_model_is_fetched_at_the_commit_its_revision_names(tmp_path, tiny_hf_bert):
+    """Fetched at the resolved commit, each file once; a body cut halfway resumed with Range after
+    the whole 10 MiB pieces written (huggingface_hub's retry); refused in one line: pickled
+    weights only, a damaged file (after fetching it once more), an unknown repository or
+    revision, a digest other than sha256."""
     files = {p.name: p.read_bytes() for p in tiny_hf_bert.iterdir()}
     with FakeHub() as hub:
         hub.repos["google/tiny"] = {**files, "pytorch_model.bin": b"pickle", "README.md": b"hi"}
         pickled = {"config.json": files["config.json"], "pytorch_model.bin": b"pickle"}
         hub.repos["someone/pickled"] = {**pickled, "vocab.txt": b"[PAD]\n"}
         hub.repos["someone/damaged"] = dict(files)
+        big = save({"w": np.zeros(6 << 20, np.float32)})  # 24 MiB: cut after 12, 1 piece of 10
+        hub.repos["someone/cut"] = {**files, "model.safetensors": big}
+        hub.cut.add(("someone/cut", "model.safetensors"))
         hub.damaged.add(("someone/damaged", "model.safetensors"))
         entries = {
             "tiny": {"source": "google/tiny", "revision": "main", "sha256": None},
@@ -435,6 +455,7 @@ def test_a_hub_model_is_fetched_at_the_commit_its_revision_names(tmp_path, tiny_
             "nowhere": {"source": "google/nowhere", "revision": "main", "sha256": None},
             "old": {"source": "google/tiny", "revision": "v0.1", "sha256": None},
             "pinned": {"source": "google/tiny", "revision": "main", "sha256": "0" * 64},
+            "cut": {"source": "someone/cut", "revision": "main", "sha256": None},
         }
         params = write_params(tmp_path, entries)
         code, err = run_stage_online(tmp_path, hub, params, "tiny")
@@ -449,6 +470,12 @@ def test_a_hub_model_is_fetched_at_the_commit_its_revision_names(tmp_path, tiny_
         assert sorted(fetched) == sorted(  # each file once, at the resolved commit
             f"GET /google/tiny/resolve/{hub.commit('google/tiny')}/{n}" for n in files
         )
+
+        code, err = run_stage_online(tmp_path, hub, params, "cut")  # resumed within the run
+        assert code == 0, err
+        assert (tmp_path / "data" / "cut" / "model.safetensors").read_bytes() == big
+        cut = [r for r in hub.requests if r.startswith("GET /someone/cut/") and "safetensors" in r]
+        assert len(cut) == 2 and cut[1] == f"{cut[0]} bytes={10 << 20}-"  # after a whole piece
 
         for name, complaint in (
             ("pickled", r"no model\.safetensors; only pickled weights \(pytorch_model\.bin\)"),
