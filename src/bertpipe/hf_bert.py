@@ -13,8 +13,8 @@ The folder is filled from one of two sources (`HfBertConfig`):
 - a local folder, whose files must have the digest the params give (`folder_sha256`).
 Only these files are taken: `FILES`. Weights come as safetensors only: pickled weights
 (`pytorch_model.bin`) can run code when loaded, and no code from a repository is ever run.
-Google's own repositories ship `vocab.txt` without `tokenizer.json`; then `transformers`'
-BERT tokenizer builds it from `vocab.txt` and the folder's tokenizer_config.json.
+A source with `vocab.txt` and no `tokenizer.json` gets one, built by `transformers`' BERT
+tokenizer from `vocab.txt` and the source's tokenizer_config.json (if any).
 
 `transformers` and `huggingface_hub` are imported inside the functions that need them, never at
 the top: other stages import modules that import this one and must not pay their start-up.
@@ -36,7 +36,7 @@ from bertpipe.errors import UserError
 TOKENIZER_FILE = "tokenizer.json"  # the identity of the ids
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-VOCAB_FILE = "vocab.txt"  # WordPiece's list, what Google's repositories ship
+VOCAB_FILE = "vocab.txt"  # WordPiece's list, one token a line
 # everything a model folder may hold; nothing else is fetched or copied
 FILES = (
     CONFIG_FILE,
@@ -48,6 +48,16 @@ FILES = (
 )
 PICKLED = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")  # weights never loaded
 SPECIAL_TOKENS = ("unk", "pad", "mask", "cls", "sep")  # what a BERT tokenizer must have
+# config.json's sizes, copied into the metrics
+CONFIG_FACTS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "hidden_act",
+)
 
 
 def tokenizer_sha1(folder: str | Path) -> str:
@@ -207,17 +217,6 @@ def complete(folder: Path, where: str) -> dict:
             for p in sorted(folder.iterdir())
         },
     }
-
-
-CONFIG_FACTS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "hidden_act",
-)
 
 
 def _read_config(path: Path, where: str) -> dict:
