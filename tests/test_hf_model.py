@@ -324,14 +324,14 @@ def test_two_gloo_processes_fine_tune_as_one_process_does(work, tiny_hf_bert, tm
     (folder / "config.json").write_text(json.dumps(cfg))
     params = {**PARAMS, "finetune": {**PARAMS["finetune"], "num_epochs": 1}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    runs = {}
-    for name, launcher in (("one", [sys.executable]), ("two", TORCHRUN)):
-        argv = finetune_argv(work, folder, tmp_path / name)
-        argv[1] = str(tmp_path / "params.yaml")  # after --params
-        command = [*launcher, str(ROOT / "stages/finetune.py"), *argv]
-        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[name] = json.loads((tmp_path / name / "finetune.json").read_text())
+    argv = {name: finetune_argv(work, folder, tmp_path / name) for name in ("one", "two")}
+    for name in argv:
+        argv[name][1] = str(tmp_path / "params.yaml")  # after --params
+    stage("finetune").main(argv["one"])  # this process, 1 thread (`one_thread`)
+    command = [*TORCHRUN, str(ROOT / "stages/finetune.py"), *argv["two"]]
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {n: json.loads((tmp_path / n / "finetune.json").read_text()) for n in argv}
     assert (runs["one"]["world_size"], runs["two"]["world_size"]) == (1, 2)
     for key in ("loss", "train_accuracy", "dev_accuracy", "test_accuracy", "num_steps"):
         assert runs["two"][key] == pytest.approx(runs["one"][key], rel=1e-4), key
