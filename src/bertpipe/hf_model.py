@@ -17,11 +17,12 @@ real position's output is the one the pair alone gives (tested to 1e-5 against
 `BertForSequenceClassification` on the tokenizer's own unpadded inputs).
 
 Attention: `sdpa` (PyTorch's fused scaled-dot-product attention), not `eager`. Both give the
-same outputs to float rounding; measured on 2 cores at BERT-Tiny's shape (2 x 128, 2 heads,
-FFN 512; batches of 128 pairs of 20-59 tokens) a training step took 0.17-0.18 s with sdpa and
-0.21 s with eager at 2 threads (0.28 and 0.29 s at 1), and with sdpa only the LayerNorms'
-weight gradients depend on the thread count, where eager's softmax backward adds every
-attention projection's gradients to that list.
+same outputs to float rounding. `python benchmarks/hf_attention.py` (BERT-Tiny's shape, batches
+of 128 pairs of 20-59 tokens) on this project's 2-core Intel machine: a training step took
+0.48 s with sdpa and 0.70 s with eager at 1 thread (load average 4.5, other work running).
+Without dropout, only the 10 LayerNorm parameters' gradients differ between 1 and 2 threads with
+sdpa, 28 of 39 parameters' with eager (its softmax backward); with dropout both differ widely
+(the README's "Same params, same model" says what that means for the route).
 
 `load_mlm` loads the folder's MLM head too (`BertForMaskedLM`) for `bertpipe fill-mask`.
 
