@@ -21,7 +21,7 @@ same outputs to float rounding. `python benchmarks/hf_attention.py` (BERT-Tiny's
 of 128 pairs of 20-59 tokens) on this project's 2-core Intel machine: a training step took
 0.48 s with sdpa and 0.70 s with eager at 1 thread (load average 4.5, other work running).
 Without dropout, only the 10 LayerNorm parameters' gradients differ between 1 and 2 threads with
-sdpa, 28 of 39 parameters' with eager (its softmax backward); with dropout both differ widely
+sdpa, 28 of the 41 with eager (its softmax backward); with dropout both differ widely
 (the README's "Same params, same model" says what that means for the route).
 
 `load_mlm` loads the folder's MLM head too (`BertForMaskedLM`) for `bertpipe fill-mask`.
