@@ -187,6 +187,8 @@ def test_folders_that_do_not_fit_are_refused_in_one_line(tmp_path, tiny_hf_bert)
     (encoder_only / "model.safetensors").unlink()
     with pytest.raises(UserError, match="safetensors weights only"):
         hf_model.load_bert(encoder_only)
+    with pytest.raises(UserError, match="a file; pass the folder of the model"):
+        routes.load_pretrained(mlm_only / "model.safetensors")
 
 
 def test_the_other_routes_never_import_transformers(tmp_path, fake):

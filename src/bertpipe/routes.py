@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from bertpipe import checkpoints, hf_bert
+from bertpipe.errors import UserError
 from bertpipe.model import BERTClassifier
 
 CHECKPOINT = "model.safetensors"  # the weights file of every route's folder
@@ -33,6 +34,11 @@ def is_hf_folder(path: str | Path) -> bool:
 
 def load_pretrained(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The pretrained BERT in `folder` (CPU) and its header, whichever route wrote it."""
+    if Path(folder).is_file():  # what --pretrained took before every route had a folder
+        raise UserError(
+            f"{folder}: a file; pass the folder of the model fine-tuning starts from "
+            f"(data/pretrain, data/d2l_bert/<name> or data/hf_bert/<name>)"
+        )
     if is_hf_folder(folder):
         from bertpipe import hf_model
 
