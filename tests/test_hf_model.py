@@ -12,6 +12,7 @@ fit are refused in one line; and the other routes never import `transformers`.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -151,17 +152,18 @@ def test_the_hf_route_gives_the_same_bytes_twice_and_auto_keeps_one_thread_count
 
 
 def test_a_killed_run_on_the_hf_route_resumes_to_the_bytes_of_an_uninterrupted_one(
-    work, finetuned, tiny_hf_bert
+    work, finetuned, tiny_hf_bert, stage, caplog
 ):
+    """Killed (SIGKILL) in a process of its own; resumed in this one, at the same 1 thread."""
     run = work / "killed"
-    argv = [sys.executable, str(ROOT / "stages" / "finetune.py"),
-            *finetune_argv(work, tiny_hf_bert, run), "--checkpoint-every", "2"]  # fmt: skip
-    kill_after_checkpoint(argv, STEPS_PER_EPOCH + 3)  # in epoch 2: epoch 1's results are saved
+    argv = [*finetune_argv(work, tiny_hf_bert, run), "--checkpoint-every", "2"]
+    script = [sys.executable, str(ROOT / "stages" / "finetune.py")]
+    kill_after_checkpoint([*script, *argv], STEPS_PER_EPOCH + 3)  # epoch 2: epoch 1's results in
     assert not (run / "finetune").exists()
 
-    done = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming from step" in done.stderr
+    with caplog.at_level(logging.INFO, logger="bertpipe.resume"):
+        stage("finetune").main(argv)
+    assert "resuming from step" in caplog.text
     assert results(run) == results(finetuned)
 
 
