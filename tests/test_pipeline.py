@@ -114,8 +114,9 @@ def snapshot(workdir: Path) -> dict[str, str]:
 
 
 def test_a_param_change_reruns_downstream_and_going_back_is_restored_from_the_run_cache(restored):
-    """pretrain.seed 0 -> 1 reruns exactly the stages downstream of it; 1 -> 0 runs none: DVC's
-    run cache restores the fixture's outputs, byte for byte."""
+    """pretrain.seed 0 -> 1 reruns exactly the stages downstream of it (make_snli too: it reads
+    the model's folder, for the route's tokenizer, and writes the same bytes); 1 -> 0 runs none:
+    DVC's run cache restores the fixture's outputs, byte for byte."""
     workspace = restored
     first = snapshot(workspace)
     model = "data/pretrain/model.safetensors"
@@ -124,13 +125,16 @@ def test_a_param_change_reruns_downstream_and_going_back_is_restored_from_the_ru
     change = diff["params.yaml"]["pretrain.seed"]
     assert (change["old"], change["new"]) == (0, 1)
     ran = stages_run(scratch.dvc(workspace, "repro", capture=True))
-    assert ran == ["pretrain", "finetune", "evaluate"]
-    assert snapshot(workspace)[model] != first[model]
+    assert ran == ["pretrain", "make_snli", "finetune", "evaluate"]
+    second = snapshot(workspace)
+    assert second[model] != first[model]
+    snli = [path for path in first if path.startswith("data/make_snli/")]
+    assert snli and all(second[path] == first[path] for path in snli)
 
     set_param(workspace, "pretrain", "seed", 0)  # back to the fixture's run: DVC saved it
     output = scratch.dvc(workspace, "repro", capture=True)
     assert stages_run(output) == []
-    for name in ("pretrain", "finetune", "evaluate"):
+    for name in ("pretrain", "make_snli", "finetune", "evaluate"):
         assert f"Stage '{name}' is cached - skipping run, checking out outputs" in output
     assert snapshot(workspace) == first  # dvc.lock, outputs, metrics and curves as first run
 
