@@ -93,11 +93,21 @@ def test_int_is_accepted_where_a_float_is_expected(tmp_path):
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
 
 
-def test_yaml_exponent_without_dot_is_explained(tmp_path):
+@pytest.mark.parametrize(("written", "value"), [("1e-4", 1e-4), ("2e-05", 2e-5), ("1.0e3", 1e3)])
+def test_yaml_1_2_exponents_are_numbers_as_dvc_writes_them(tmp_path, written, value):
+    """PyYAML alone reads these as strings; DVC (YAML 1.2) reads and writes them as numbers."""
     path = tmp_path / "params.yaml"
-    text = (REPO / "params.yaml").read_text(encoding="utf-8").replace("lr: 1.0e-4", "lr: 1e-4")
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    path.write_text(text.replace("lr: 1.0e-4", f"lr: {written}"), encoding="utf-8")
+    assert config.load(path, "finetune").lr == value
+    assert config.load(path, "make_snli").max_len == 128  # integers stay integers
+
+
+def test_a_quoted_number_is_explained(tmp_path):
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text(encoding="utf-8").replace("lr: 1.0e-4", "lr: '1e-4'")
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(ParamsError, match=r"finetune\.lr: '1e-4' is a string.*1\.0e-3"):
+    with pytest.raises(ParamsError, match=r"finetune\.lr: '1e-4' is a string.*without quotes"):
         config.load(path, "finetune")
 
 

@@ -2,8 +2,10 @@
 
 Loading is strict because a silently ignored typo is worse than a crash: an unknown, missing,
 mistyped or repeated key is an error that names the file and the key. PyYAML follows YAML 1.1,
-which reads `1e-3` (no dot) as a *string*; that trap gets its own message. PyYAML also keeps the
-last of two equal keys in a mapping without a word; here that is an error naming both lines.
+which reads `1e-3` (no dot) and `1.0e3` (unsigned exponent) as *strings*; DVC reads YAML 1.2,
+where they are numbers, and writes them so (`dvc exp run -S finetune.lr=2e-5` leaves `2e-05` in
+params.yaml), so here they are numbers too. PyYAML also keeps the last of two equal keys in a
+mapping without a word; here that is an error naming both lines.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ class _StrictLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: construct_mapping below says so
                 continue
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.2's floats that YAML 1.1 misses: an exponent without a dot or without a sign
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 def _positive(what: str = "a positive number") -> Any:
@@ -323,8 +333,7 @@ def _scalar(value: Any, hint: type, where: str) -> Any:
         return value
     if hint in (int, float) and isinstance(value, str) and _looks_numeric(value):
         raise ParamsError(
-            f"{where}: '{value}' is a string to YAML, not a number; "
-            f"write it with a dot and a signed exponent, e.g. 1.0e-3"
+            f"{where}: '{value}' is a string to YAML, not a number; write it without quotes"
         )
     raise ParamsError(f"{where}: expected {hint.__name__}, got {_describe(value)}")
 
