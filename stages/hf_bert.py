@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{where}.sha256 is {cfg.sha256}, but the files fetched ({', '.join(fetched)}) "
                 f"have digest {digest}: the revision moved, or set sha256 to that"
             )
-        facts = hf_bert.complete(out, where)
+        source = f"{where}: {cfg.source}" + (f" at commit {commit}" if commit else "")
+        facts = hf_bert.complete(out, source)
     log.info(
         "wrote %s: %s (%s), %s", args.out, cfg.source, commit or "local folder", facts["model"]
     )

@@ -62,7 +62,7 @@ def test_a_local_folder_is_copied_once_its_digest_is_given(tmp_path, tiny_hf_ber
     digest = digest_of(tiny_hf_bert)
     with pytest.raises(UserError, match=rf"hf_bert\.tiny\.sha256 is null, but .* digest {digest}"):
         run_stage(stage, params, "tiny", out, metrics)
-    assert not out.parent.exists() or not any(out.parent.iterdir())  # nothing half-written
+    assert not out.parent.exists()  # nothing half-written, not even the folder above
 
     params = write_params(tmp_path, {"tiny": local_entry(tiny_hf_bert, digest)})
     run_stage(stage, params, "tiny", out, metrics)
@@ -123,34 +123,82 @@ def test_googles_layout_gets_a_tokenizer_json_that_encodes_alike(tmp_path, tiny_
         assert built(row[5], row[6])["input_ids"] == original(row[5], row[6])["input_ids"]
 
 
+def vocab_txt(folder: Path, drop: tuple[str, ...] = ()) -> str:
+    """The WordPiece list of `folder`'s tokenizer, as Google's vocab.txt holds it, less `drop`."""
+    from transformers import BertTokenizer
+
+    tokenizer = BertTokenizer.from_pretrained(str(folder), local_files_only=True)
+    by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return "".join(f"{token}\n" for token, _ in by_id if token not in drop)
+
+
+BROKEN_TOKENIZER = r"hf_bert\.bad: .*/bad: transformers cannot load its BERT tokenizer \("
+
+
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [
         ("pickle_only", r"no model\.safetensors; only pickled weights \(pytorch_model\.bin\)"),
+        ("sharded", r"weights in shards \(model\.safetensors\.index\.json\), which this"),
         ("no_tokenizer", r"no tokenizer\.json nor vocab\.txt: no tokenizer"),
         ("roberta", r"config\.json has model_type 'roberta'; the hf_bert route takes BERTs only"),
         ("not_safetensors", r"model\.safetensors is not a safetensors file"),
+        ("broken_tokenizer_json", BROKEN_TOKENIZER + "KeyError: "),
+        ("vocab_not_utf8", BROKEN_TOKENIZER + "Exception: Error while initializing WordPiece"),
+        ("broken_tokenizer_config", BROKEN_TOKENIZER + "JSONDecodeError: "),
+        ("vocab_without_cls", r"vocabulary has no mask_token \[MASK\], cls_token \[CLS\]; a"),
     ],
 )
 def test_what_is_not_a_bert_in_safetensors_is_refused(tmp_path, tiny_hf_bert, stage, change,
                                                       complaint):  # fmt: skip
+    """In one line that names the source (not the stage's temporary folder), leaving nothing."""
     folder = tmp_path / "bad"
     shutil.copytree(tiny_hf_bert, folder)
+    if change.startswith(("vocab_", "broken_tokenizer_config")):  # Google's layout: vocab.txt
+        vocab = vocab_txt(folder, drop=("[CLS]", "[MASK]") if change == "vocab_without_cls" else ())
+        (folder / "tokenizer.json").unlink()
+        (folder / "vocab.txt").write_text(vocab)
     if change == "pickle_only":
         (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    elif change == "sharded":
+        (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+        (folder / "model.safetensors.index.json").write_text('{"weight_map": {}}')
     elif change == "no_tokenizer":
         (folder / "tokenizer.json").unlink()
     elif change == "roberta":
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
-    else:
+    elif change == "not_safetensors":
         (folder / "model.safetensors").write_bytes(b"\x80\x04not a safetensors header")
+    elif change == "broken_tokenizer_json":
+        (folder / "tokenizer.json").write_text('{"model": {"type": "WordPiece"}}')
+    elif change == "vocab_not_utf8":
+        (folder / "vocab.txt").write_bytes(vocab.encode() + "caf\xe9\n".encode("latin-1"))
+    elif change == "broken_tokenizer_config":
+        (folder / "tokenizer_config.json").write_text("{not json")
     out = tmp_path / "data" / "bad"
     params = write_params(tmp_path, {"bad": local_entry(folder, digest_of(folder))})
     with pytest.raises(UserError, match=complaint) as info:
         run_stage(stage, params, "bad", out, tmp_path / "bad.json")
-    assert "\n" not in str(info.value)
-    assert not out.exists() and not (tmp_path / "bad.json").exists()
+    assert "\n" not in str(info.value) and ".tmp" not in str(info.value)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "bad.json").exists()
+
+
+@pytest.mark.parametrize("source", ["a/b/c", "bert base uncased", "the tiny folder"])
+def test_a_source_that_is_no_hub_id_is_refused_in_one_line(tmp_path, tiny_hf_bert, stage, source):
+    """revision: main on a local folder is the likely slip; huggingface_hub refuses such an id
+    before asking the Hub anything."""
+    local = source == "the tiny folder"
+    source = str(tiny_hf_bert) if local else source
+    params = write_params(tmp_path, {"x": {"source": source, "revision": "main", "sha256": None}})
+    complaint = (
+        rf"hf_bert\.x: {re.escape(source)} is a local folder, which takes revision: null"
+        if local
+        else rf"hf_bert\.x\.source: '{source}' is not a Hub id \(.*\); a Hub id is <name> or"
+    )
+    with pytest.raises(UserError, match=complaint) as info:
+        run_stage(stage, params, "x", tmp_path / "data" / "x", tmp_path / "x.json")
+    assert "\n" not in str(info.value) and not (tmp_path / "data").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -96,11 +96,13 @@ def remove_leftovers(path: Path) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces `path` when the block ends without error.
 
-    On error the temporary folder is removed and `path` is left exactly as it was. What a
-    killed earlier run left (its temporary folder) is removed first.
+    On error the temporary folder is removed and `path` is left exactly as it was, the folders
+    above it too (those made for it are removed when empty). What a killed earlier run left (its
+    temporary folder) is removed first.
     """
     path = Path(path)
     remove_leftovers(path)
+    made = [p for p in path.parents if not p.exists()]  # nearest first
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(_umask_mode(0o777))  # mkdtemp makes 0700 folders
@@ -108,6 +110,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty: something else wrote there since
+                folder.rmdir()
         raise
     old = path.with_name(f".{path.name}.old")
     shutil.rmtree(old, ignore_errors=True)

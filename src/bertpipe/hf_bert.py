@@ -31,12 +31,13 @@ from typing import Any
 
 from bertpipe import artifacts
 from bertpipe.config import HfBertConfig
-from bertpipe.errors import UserError
+from bertpipe.errors import UserError, first_line
 
 TOKENIZER_FILE = "tokenizer.json"  # the identity of the ids
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.txt"  # WordPiece's list, one token a line
+SHARDED = "model.safetensors.index.json"  # weights split over several files: not taken
 # everything a model folder may hold; nothing else is fetched or copied
 FILES = (
     CONFIG_FILE,
@@ -70,22 +71,33 @@ def tokenizer_sha1(folder: str | Path) -> str:
 
 def load_tokenizer(folder: str | Path) -> Any:
     """`transformers`' fast BERT tokenizer from `folder` alone (no network, no remote code)."""
+    tokenizer_sha1(folder)  # says so when tokenizer.json is missing
+    return _bert_tokenizer(
+        folder, str(folder), "fetch the folder again (dvc repro -f hf_bert@<name>)"
+    )
+
+
+def _bert_tokenizer(folder: str | Path, where: str, fix: str) -> Any:
+    """The BERT tokenizer `transformers` builds from `folder`'s files, every special token of
+    BERT's in its vocabulary; else a UserError about `where` that ends with `fix`."""
     from transformers import BertTokenizer
 
-    tokenizer_sha1(folder)  # says so when tokenizer.json is missing
     try:
         tokenizer = BertTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:  # transformers and tokenizers raise many kinds for a broken file
-        detail = (str(err).strip().splitlines() or [""])[0][:200]
         raise UserError(
-            f"{folder}: transformers cannot load its BERT tokenizer ({type(err).__name__}: "
-            f"{detail}); fetch the folder again (dvc repro -f hf_bert@<name>)"
+            f"{where}: transformers cannot load its BERT tokenizer ({type(err).__name__}: "
+            f"{first_line(err)}); {fix}"
         ) from None
-    missing = [t for t in SPECIAL_TOKENS if getattr(tokenizer, f"{t}_token_id") is None]
+    # transformers gives a special token missing from the vocabulary a new id past its end (and
+    # past the model's embedding), so the check is on the vocabulary itself
+    vocab = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=False)
+    tokens = {t: getattr(tokenizer, f"{t}_token") for t in SPECIAL_TOKENS}
+    missing = [f"{t}_token {token}" for t, token in tokens.items() if token not in vocab]
     if missing:
         raise UserError(
-            f"{folder}: the tokenizer has no {', '.join(f'{t}_token' for t in missing)}; "
-            "a BERT tokenizer needs [UNK], [PAD], [MASK], [CLS] and [SEP]"
+            f"{where}: the tokenizer's vocabulary has no {', '.join(missing)}; a BERT "
+            f"tokenizer needs [UNK], [PAD], [MASK], [CLS] and [SEP] among its tokens; {fix}"
         )
     return tokenizer
 
@@ -119,6 +131,11 @@ def git_blob_sha1(path: str | Path) -> str:
 def wanted_files(present: Iterable[str], where: str) -> list[str]:
     """The files of `FILES` among `present`, if they make a model folder; else a UserError."""
     present = set(present)
+    if WEIGHTS_FILE not in present and SHARDED in present:
+        raise UserError(
+            f"{where}: weights in shards ({SHARDED}), which this pipeline does not load: it "
+            f"takes the weights in one {WEIGHTS_FILE} (pick a model or revision that has one)"
+        )
     if WEIGHTS_FILE not in present:
         pickled = [n for n in PICKLED if n in present]
         why = f"only pickled weights ({', '.join(pickled)}), which" if pickled else "weights"
@@ -156,9 +173,10 @@ def copy_folder(cfg: HfBertConfig, out: Path, where: str) -> None:
 def fetch_from_hub(cfg: HfBertConfig, out: Path, where: str) -> str:
     """Fetch the model's files at `cfg.revision` into `out`, each checked against the hash the
     Hub lists; return the commit the revision resolved to."""
-    import httpx2
     from huggingface_hub import HfApi, constants, hf_hub_download
+    from huggingface_hub.errors import HFValidationError, HTTPError
 
+    entry = where
     try:
         info = HfApi().model_info(
             cfg.source,
@@ -181,9 +199,18 @@ def fetch_from_hub(cfg: HfBertConfig, out: Path, where: str) -> str:
                     f"the Hub lists {expected}; try again later"
                 )
             shutil.copyfile(path, out / name)
-    except (OSError, httpx2.HTTPError) as err:
-        detail = (str(err).strip().splitlines() or [""])[0][:300]
-        raise UserError(f"{where}: {type(err).__name__}: {detail}") from None
+    except HFValidationError as err:  # refused before any request
+        if Path(cfg.source).is_dir():
+            raise UserError(
+                f"{entry}: {cfg.source} is a local folder, which takes revision: null "
+                f"(revision {cfg.revision} is for a Hub id)"
+            ) from None
+        raise UserError(
+            f"{entry}.source: {cfg.source!r} is not a Hub id ({first_line(err)}); a Hub id is "
+            "<name> or <namespace>/<name>, and a local folder takes revision: null"
+        ) from None
+    except (OSError, HTTPError) as err:  # HTTPError: httpx's, which huggingface_hub raises
+        raise UserError(f"{where}: {type(err).__name__}: {first_line(err, 300)}") from None
     return info.sha
 
 
@@ -193,14 +220,14 @@ def _hash_like(expected: str, path: str | Path) -> str:
 
 
 def complete(folder: Path, where: str) -> dict:
-    """Check the fetched folder and add `tokenizer.json` if it lacks one; return its facts."""
+    """Check the fetched folder and add `tokenizer.json` if it lacks one; return its facts.
+    `where` names the source (the folder is a temporary one that nobody knows by name)."""
     config = _read_config(folder / CONFIG_FILE, where)
+    fix = "fix the source's tokenizer files or pick another model"
     if not (folder / TOKENIZER_FILE).exists():  # built from vocab.txt, the uncased default
-        from transformers import BertTokenizer
-
-        tokenizer = BertTokenizer.from_pretrained(str(folder), local_files_only=True)
-        tokenizer.backend_tokenizer.save(str(folder / TOKENIZER_FILE))
-    tokenizer = load_tokenizer(folder)
+        built = _bert_tokenizer(folder, where, fix)
+        built.backend_tokenizer.save(str(folder / TOKENIZER_FILE))
+    tokenizer = _bert_tokenizer(folder, where, fix)
     if len(tokenizer) > config["vocab_size"]:
         raise UserError(
             f"{where}: the tokenizer has {len(tokenizer)} ids, the model's "

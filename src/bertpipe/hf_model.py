@@ -43,7 +43,7 @@ from transformers import BertConfig, BertForMaskedLM, BertModel
 from transformers.utils import logging as hf_logging
 
 from bertpipe import checkpoints, hf_bert
-from bertpipe.errors import UserError
+from bertpipe.errors import UserError, first_line
 
 ATTENTION = "sdpa"  # see the module docstring
 # config.json keys that say where or by what a folder was written, not what the model is: left
@@ -82,10 +82,9 @@ def _from_pretrained(cls: type, folder: Path, **kwargs: Any) -> tuple[nn.Module,
                 **kwargs,
             )  # fmt: skip
     except (OSError, ValueError, RuntimeError) as err:  # a broken config or weights file
-        detail = (str(err).strip().splitlines() or [""])[0][:200]
         raise UserError(
-            f"{folder}: transformers cannot load {cls.__name__} from it ({detail}); fetch the "
-            f"folder again (dvc repro -f hf_bert@<name>)"
+            f"{folder}: transformers cannot load {cls.__name__} from it ({first_line(err)}); "
+            f"fetch the folder again (dvc repro -f hf_bert@<name>)"
         ) from None
     reshaped = {k for k, *_ in info["mismatched_keys"]}
     if reshaped:
