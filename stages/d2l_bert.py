@@ -11,7 +11,7 @@ defines its ids (d2l's, whose special tokens sit wherever its sorted list puts t
 Reads:
 Writes: --out (data/d2l_bert/<name>/: model.safetensors, vocab.json),
         --metrics (metrics/d2l_bert/<name>.json)
-Params: d2l_bert (the entry --name)
+Params: d2l_bert.<name> (its own entry only)
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ no code are taken.
 Reads:
 Writes: --out (data/hf_bert/<name>/: config.json, model.safetensors, tokenizer.json, ...),
         --metrics (metrics/hf_bert/<name>.json)
-Params: hf_bert (the entry --name)
+Params: hf_bert.<name> (its own entry only)
 """
 
 from __future__ import annotations
