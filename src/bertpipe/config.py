@@ -178,9 +178,10 @@ class D2lBertConfig:
 class HfBertConfig:
     """A Google BERT in Hugging Face's layout to fine-tune from: on the Hub, or in a local folder.
 
-    DVC cannot give each entry of a foreach stage deps of its own, so a local folder is tracked
-    by its content through `sha256` (see bertpipe.hf_bert.folder_sha256), as archives are by
-    their SHA-1; a Hub entry by `revision`, whose commit the stage records.
+    DVC cannot give each entry of a foreach stage deps of its own, so it watches neither a local
+    folder nor a Hub branch: a local folder is pinned by `sha256` (see
+    bertpipe.hf_bert.folder_sha256), as archives are by their SHA-1, and checked when the stage
+    runs; a Hub entry by `revision`, whose commit the stage records.
     """
 
     source: str  # a Hub id (google/bert_uncased_L-2_H-128_A-2) or a local folder
