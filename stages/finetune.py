@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     labels = snli_meta["labels"]
     threads = thread_setting(args.threads, bert_meta)
     run_params = {"finetune": dataclasses.asdict(cfg)}
-    if checkpoints.is_transformers(bert_meta):  # its bits depend on the count: resume at the same
-        run_params["threads"] = threads
+    if checkpoints.is_transformers(bert_meta):  # its bits depend on these: resume at the same
+        import transformers  # imported already, by routes.load_pretrained on this route
+
+        run_params |= {"threads": threads, "transformers": transformers.__version__}
     inputs = [args.pretrained, args.snli, __file__]
     resume = Resume.beside(args.out, fingerprint(run_params, inputs), args.checkpoint_every)
 

@@ -9,13 +9,14 @@ an uninterrupted one.
 
 The checkpoints live beside the stage's output (`data/.pretrain.resume/` for `data/pretrain`),
 where DVC, which deletes a stage's outputs before running it, leaves them alone. Each holds the
-*fingerprint* of the run: the params, the torch version, the inputs' bytes
-(the stage script among them) and the package's code. A checkpoint
-with another fingerprint is never resumed (it is deleted). The stage removes the folder once
-its outputs are written. Files are written atomically (a kill mid-save keeps the previous one)
-and loaded with `weights_only=True`, so reading one runs no code. Under torchrun every rank
-keeps its own (dropout differs per rank) and the ranks resume only from a step they all have;
-a checkpoint resumes only in as many processes as saved it (the dropout masks depend on that).
+*fingerprint* of the run: the params (on the hf_bert route also the thread count and the
+transformers version), the torch version, the inputs' bytes (the stage script among them) and
+the package's code. A checkpoint with another fingerprint is never resumed (it is deleted).
+The stage removes the folder once its outputs are written. Files are written atomically (a
+kill mid-save keeps the previous one) and loaded with `weights_only=True`, so reading one runs
+no code. Under torchrun every rank keeps its own (dropout differs per rank) and the ranks
+resume only from a step they all have; a checkpoint resumes only in as many processes as saved
+it (the dropout masks depend on that).
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ class TrainState:
 
 
 def fingerprint(params: dict[str, Any], inputs: list[str | Path]) -> str:
-    """SHA-1 of the params, the torch version, every byte of the input files (or folders; the
-    stage script is one) and the package code. Not the thread count: it changes no bit."""
+    """SHA-1 of `params` (the stage's params section, and whatever else its bits depend on),
+    the torch version, every byte of the input files (or folders; the stage script is one) and
+    the package code. The thread count changes no bit of this pipeline's own model, so it is in
+    `params` only on the hf_bert route, with the transformers version: transformers' kernels
+    give other bits at another count."""
     run = {"params": params, "torch": torch.__version__}
     digest = hashlib.sha1(json.dumps(run, sort_keys=True, default=str).encode())
     for root in [*map(Path, inputs), SOURCE]:
