@@ -195,17 +195,21 @@ def test_folders_that_do_not_fit_are_refused_in_one_line(tmp_path, tiny_hf_bert)
 
 def test_the_other_routes_never_import_transformers(tmp_path, fake):
     """Our own model through every module the finetune and evaluate stages and `bertpipe` use,
-    loaded by `routes`, and `bertpipe encode` and `fill-mask` on it: `transformers` stays out of
-    sys.modules."""
+    loaded by `routes`, and `bertpipe predict` (a classifier fine-tuned from it), `encode` and
+    `fill-mask` on it: `transformers` stays out of sys.modules."""
     ckpt = fake.bert(tmp_path / "pretrain" / "model.safetensors")
-    fake.vocab(ckpt.parent / "vocab.json")
+    vocab = fake.vocab(ckpt.parent / "vocab.json")
+    classifier = tmp_path / "finetune" / "model.safetensors"
+    classifier.parent.mkdir()
     code = f"""
 import sys, runpy
-from bertpipe import __main__, evaluate, finetune, routes, use
+from bertpipe import __main__, checkpoints, evaluate, finetune, routes, use
 for name in ("finetune", "evaluate"):
     runpy.run_path({str(ROOT / "stages")!r} + f"/{{name}}.py", run_name="not_main")
 bert, meta = routes.load_pretrained({str(ckpt.parent)!r})
-routes.new_classifier(bert, meta, 3)
+model = routes.new_classifier(bert, meta, 3)
+checkpoints.save({str(classifier)!r}, model, checkpoints.classifier_meta(meta, {fake.LABELS!r}, 12))
+__main__.main(["predict", "--model", {str(classifier)!r}, "--vocab", {str(vocab)!r}, "w5 w6", "w7"])
 __main__.main(["encode", "--model", {str(ckpt.parent)!r}, "w5 w6"])
 __main__.main(["fill-mask", "--model", {str(ckpt.parent)!r}, "w5 <mask>"])
 print(sorted(m for m in sys.modules if m.split(".")[0] == "transformers"))
@@ -213,6 +217,23 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "transformers"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == "[]" and "<mask> at position 2:" in done.stdout
+    assert "w5 w6 | w7" in done.stdout  # predict's table ran
+
+
+def test_a_path_meant_as_an_hf_bert_folder_says_what_to_pass_or_run(tmp_path, tiny_hf_bert):
+    """Not this pipeline's checkpoint errors ('no such checkpoint; run the pretrain stage',
+    "expected a 'bert' checkpoint, found 'None'"): an unbuilt data/hf_bert/<name>, given as the
+    folder fine-tuning starts from or to encode / fill-mask, and a file inside a built one."""
+    unbuilt = tmp_path / "data" / "hf_bert" / "tiny"
+    complaint = r"hf_bert/tiny: no hf_bert model there \(no config\.json\); dvc repro hf_bert@tiny"
+    with pytest.raises(UserError, match=complaint):
+        routes.load_pretrained(unbuilt)
+    for model in (unbuilt, unbuilt / "model.safetensors"):
+        with pytest.raises(UserError, match=complaint):
+            use.pretrained_paths(model, None)
+    weights = tiny_hf_bert / "model.safetensors"
+    with pytest.raises(UserError, match=r"a file of an hf_bert folder; pass the folder, .*/tiny$"):
+        use.pretrained_paths(weights, None)
 
 
 def test_checkpoint_headers_rebuild_the_classifier_without_the_folder(finetuned, tmp_path):

@@ -43,7 +43,22 @@ def load_pretrained(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         from bertpipe import hf_model
 
         return hf_model.load_bert(folder)
+    refuse_part_of_hf_folder(Path(folder))
     return checkpoints.load_bert(Path(folder) / CHECKPOINT)
+
+
+def refuse_part_of_hf_folder(path: Path) -> None:
+    """A path meant as an hf_bert folder that is not one gets one line saying what to pass or
+    run instead of this pipeline's checkpoint errors ("no such checkpoint; run the pretrain
+    stage"): a file inside such a folder, or a folder under hf_bert/ not written yet."""
+    if is_hf_folder(path.parent):
+        raise UserError(f"{path}: a file of an hf_bert folder; pass the folder, {path.parent}")
+    for folder in (path, path.parent):  # data/hf_bert/<name> or data/hf_bert/<name>/<file>
+        if folder.parent.name == "hf_bert":
+            raise UserError(
+                f"{folder}: no hf_bert model there (no {hf_bert.CONFIG_FILE}); "
+                f"dvc repro hf_bert@{folder.name} writes it"
+            )
 
 
 def new_classifier(bert: nn.Module, meta: dict[str, Any], num_classes: int) -> nn.Module:
