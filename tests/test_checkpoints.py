@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bertpipe import artifacts, checkpoints
+from bertpipe import artifacts, checkpoints, routes
 from bertpipe.errors import UserError
 
 
@@ -17,7 +17,7 @@ def test_checkpoint_checks_name_the_problem(tmp_path, fake):
     with pytest.raises(UserError, match="max_len 41 exceeds"):
         checkpoints.check_snli_fits({**good, "max_len": 41}, "snli", meta, "ckpt")
     with pytest.raises(UserError, match="expected a 'classifier' checkpoint"):
-        checkpoints.load_classifier(tmp_path / "bert.safetensors")
+        routes.load_classifier(tmp_path / "bert.safetensors")
     with pytest.raises(UserError, match="no such checkpoint"):
         checkpoints.load_bert(tmp_path / "missing.safetensors")
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from bertpipe import artifacts, checkpoints, config, d2l_bert, download
+from bertpipe import artifacts, checkpoints, config, d2l_bert, download, routes
 from bertpipe.config import ModelConfig
 from bertpipe.errors import UserError
 from bertpipe.model import BERTModel
@@ -400,7 +400,7 @@ def test_the_imported_model_fine_tunes_on_snli_tokenised_with_its_vocabulary(
          "--snli", "make_snli", "--out", "finetune", "--metrics", "finetune.json",
          "--live", "finetune_live", "--device", "cpu"]
     )  # fmt: skip
-    classifier, meta = checkpoints.load_classifier(tmp_path / "finetune" / "model.safetensors")
+    classifier, meta = routes.load_classifier(tmp_path / "finetune" / "model.safetensors")
     assert meta["vocab_sha1"] == Vocab.load(imported / "vocab.json").sha1
     bert, _ = checkpoints.load_bert(imported / "model.safetensors")
     # fine-tuning started from the imported weights (one epoch at lr 1e-3 moves them a little)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertpipe import batches, checkpoints, config
+from bertpipe import batches, checkpoints, config, routes
 from bertpipe.finetune import finetune
 from bertpipe.inference import predict
 from bertpipe.model import BERTClassifier
@@ -63,7 +63,7 @@ def test_the_stage_records_the_max_len_of_the_pairs_it_fine_tuned_on(tmp_path, s
         "--out", str(tmp_path / "finetune"), "--metrics", str(tmp_path / "finetune.json"),
         "--live", str(tmp_path / "live"), "--device", "cpu", "--threads", "1",
     ])  # fmt: skip
-    _, meta = checkpoints.load_classifier(tmp_path / "finetune" / "model.safetensors")
+    _, meta = routes.load_classifier(tmp_path / "finetune" / "model.safetensors")
     assert meta.get("max_len") == 30
 
 

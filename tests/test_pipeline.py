@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from bertpipe import artifacts, checkpoints, scratch, small, synthetic
+from bertpipe import artifacts, routes, scratch, small, synthetic
 from bertpipe.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,7 +240,7 @@ def test_switching_to_d2ls_weights_reruns_exactly_that_route(restored, tmp_path)
     assert sorted(ran) == ["d2l_bert@tiny", "evaluate", "finetune", "make_snli"]
     snli_meta = json.loads((workspace / "data/make_snli/meta.json").read_text())
     assert snli_meta["pad_id"] == sorted(tokens).index("<pad>") != 1
-    _, meta = checkpoints.load_classifier(workspace / "data/finetune/model.safetensors")
+    _, meta = routes.load_classifier(workspace / "data/finetune/model.safetensors")
     assert meta["vocab_sha1"] == artifacts.sha1_of_file(workspace / "data/d2l_bert/tiny/vocab.json")
     assert metrics(workspace)["metrics/evaluate.json"]["data"]["accuracy"] >= 0.6  # chance: 1/3
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import training_params
 
-from bertpipe import artifacts, batches, checkpoints, config, finetune, pretrain, runtime
+from bertpipe import artifacts, batches, checkpoints, config, finetune, pretrain, routes, runtime
 from bertpipe.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_pretrain_finetune_evaluate_stages_end_to_end(work, stage, fake):
     assert len(fake.curve(work / "metrics/pretrain_live", "train/mlm_loss")) == 12
 
     stage("finetune").main(finetune_args(work, work / "data/pretrain"))
-    classifier, meta = checkpoints.load_classifier(work / "data/finetune/model.safetensors")
+    classifier, meta = routes.load_classifier(work / "data/finetune/model.safetensors")
     assert (
         meta["kind"] == "classifier" and meta["labels"] == fake.LABELS and meta["num_classes"] == 3
     )
@@ -190,7 +190,7 @@ def encodings(checkpoint: Path, examples: Path) -> torch.Tensor:
     inputs = [torch.from_numpy(ex[k].astype(np.int64)) for k in ("token_ids", "segments",
                                                                  "valid_lens")]  # fmt: skip
     _, meta = artifacts.load_checkpoint(checkpoint)
-    load = checkpoints.load_bert if meta["kind"] == "bert" else checkpoints.load_classifier
+    load = checkpoints.load_bert if meta["kind"] == "bert" else routes.load_classifier
     model, _ = load(checkpoint)
     with torch.no_grad():
         return model.eval().encoder(*inputs)  # (B, T, H)
@@ -254,7 +254,7 @@ def test_two_gloo_processes_train_as_one_process_does(tmp_path, monkeypatch, sta
     assert artifacts.read_json(two / "metrics/finetune.json")["num_steps"] == 2 * 4
     epochs = [f"epoch/{k}" for k in ("loss", "train_accuracy", "dev_accuracy", "test_accuracy")]
     assert_same_training(one, two, "finetune", [*finetune.CURVES, *epochs], fake)
-    checkpoints.load_classifier(two / "data/finetune/model.safetensors")
+    routes.load_classifier(two / "data/finetune/model.safetensors")
     assert sorted(p.name for p in (two / "data").iterdir()) == [
         "finetune", "make_examples", "make_snli", "pretrain", "tokenize_wikitext",
     ]  # fmt: skip

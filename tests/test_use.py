@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bertpipe import __main__ as cli_main
-from bertpipe import artifacts, checkpoints, inference, snli, use
+from bertpipe import artifacts, checkpoints, inference, routes, snli, use
 from bertpipe.config import ModelConfig
 from bertpipe.model import BERTClassifier, BERTModel
 from bertpipe.runtime import CPU
@@ -66,7 +66,7 @@ def predict_args(ckpt: Path, *more: str | Path) -> list:
 
 def direct_probs(ckpt: Path, premise: str, hypothesis: str, max_len: int) -> list[float]:
     """The classifier on one unpadded pair, tokenised and truncated by hand (d2l's rule)."""
-    model, _ = checkpoints.load_classifier(ckpt / "classifier.safetensors")
+    model, _ = routes.load_classifier(ckpt / "classifier.safetensors")
     vocab = Vocab.load(ckpt / "vocab.json")
 
     def words(s: str) -> list[str]:

@@ -110,11 +110,6 @@ def read(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]
 
 
 def _model_config(meta: dict[str, Any], path: str | Path) -> config.ModelConfig:
-    if is_transformers(meta):
-        raise UserError(
-            f"{path}: holds transformers' BertModel (the hf_bert route); load it with "
-            f"routes.load_classifier"
-        )
     return config.parse_section(config.ModelConfig, meta["model"], f"{path}: meta model")
 
 
@@ -134,12 +129,6 @@ def load_bert(path: str | Path) -> tuple[BERTModel, dict[str, Any]]:
     model = BERTModel(int(meta["vocab_size"]), _model_config(meta, path))
     load_weights(model, tensors, path)
     return model, meta
-
-
-def load_classifier(path: str | Path) -> tuple[BERTClassifier, dict[str, Any]]:
-    """The fine-tuned BERTClassifier (on CPU) and its checkpoint meta."""
-    tensors, meta = read(path, "classifier")
-    return classifier_from(tensors, meta, path), meta
 
 
 def classifier_from(tensors: dict[str, Tensor], meta: dict[str, Any], path: Any) -> BERTClassifier:
