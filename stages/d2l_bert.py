@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         model, vocab = d2l_bert.load(out / "archive", cfg, source=fetched["mirror"])
         vocab.save(out / "vocab.json")  # our canonical bytes of d2l's list: the same ids
         header = checkpoints.bert_meta(model.cfg, len(vocab), vocab.sha1)
-        checkpoints.save(out / "model.safetensors", model, header)
+        checkpoints.save(out / artifacts.WEIGHTS_FILE, model, header)
         shutil.rmtree(out / "archive")
     log.info("wrote %s: d2l's BERT %s, vocabulary of %d", args.out, model.cfg, len(vocab))
     metrics = {

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         with artifacts.atomic_dir(args.out) as out:
             header = checkpoints.classifier_meta(bert_meta, labels, snli_meta["max_len"])
-            checkpoints.save(out / "model.safetensors", model, header)
+            checkpoints.save(out / artifacts.WEIGHTS_FILE, model, header)
         log.info("wrote %s", args.out)
     resume.clear()
     artifacts.write_json(args.metrics, metrics | {"num_train_pairs": len(train["labels"])})

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         with artifacts.atomic_dir(args.out) as out:
             header = checkpoints.bert_meta(model_cfg, meta["vocab_size"], meta["vocab_sha1"])
-            checkpoints.save(out / "model.safetensors", model, header)
+            checkpoints.save(out / artifacts.WEIGHTS_FILE, model, header)
             shutil.copyfile(Path(args.corpus) / "vocab.json", out / "vocab.json")
         log.info("wrote %s", args.out)
     resume.clear()

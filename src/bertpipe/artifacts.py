@@ -135,6 +135,10 @@ def load_arrays(folder: str | Path, names: list[str], mmap: bool = True) -> dict
     return {n: np.load(folder / f"{n}.npy", mmap_mode=mode, allow_pickle=False) for n in names}
 
 
+# the weights file of every model folder, on every route (the name `save_pretrained` gives too)
+WEIGHTS_FILE = "model.safetensors"
+
+
 def save_checkpoint(path: str | Path, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
     """Weights as safetensors (no unpickling on load) with `meta` as JSON in its header."""
     from safetensors.torch import save

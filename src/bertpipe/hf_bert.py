@@ -35,13 +35,12 @@ from bertpipe.errors import UserError, first_line
 
 TOKENIZER_FILE = "tokenizer.json"  # the identity of the ids
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.txt"  # WordPiece's list, one token a line
 SHARDED = "model.safetensors.index.json"  # weights split over several files: not taken
 # everything a model folder may hold; nothing else is fetched or copied
 FILES = (
     CONFIG_FILE,
-    WEIGHTS_FILE,
+    artifacts.WEIGHTS_FILE,
     "special_tokens_map.json",
     TOKENIZER_FILE,
     "tokenizer_config.json",
@@ -131,16 +130,16 @@ def git_blob_sha1(path: str | Path) -> str:
 def wanted_files(present: Iterable[str], where: str) -> list[str]:
     """The files of `FILES` among `present`, if they make a model folder; else a UserError."""
     present = set(present)
-    if WEIGHTS_FILE not in present and SHARDED in present:
+    if artifacts.WEIGHTS_FILE not in present and SHARDED in present:
         raise UserError(
-            f"{where}: weights in shards ({SHARDED}), which this pipeline does not load: it "
-            f"takes the weights in one {WEIGHTS_FILE} (pick a model or revision that has one)"
+            f"{where}: weights in shards ({SHARDED}), which this pipeline does not load: it takes "
+            f"the weights in one {artifacts.WEIGHTS_FILE} (pick a model or revision that has one)"
         )
-    if WEIGHTS_FILE not in present:
+    if artifacts.WEIGHTS_FILE not in present:
         pickled = [n for n in PICKLED if n in present]
         why = f"only pickled weights ({', '.join(pickled)}), which" if pickled else "weights"
         raise UserError(
-            f"{where}: no {WEIGHTS_FILE}; {why} this pipeline does not load: it loads "
+            f"{where}: no {artifacts.WEIGHTS_FILE}; {why} this pipeline does not load: it loads "
             "safetensors only (pick a revision or model that has them)"
         )
     if CONFIG_FILE not in present:
@@ -233,7 +232,7 @@ def complete(folder: Path, where: str) -> dict:
             f"{where}: the tokenizer has {len(tokenizer)} ids, the model's "
             f"embedding {config['vocab_size']}: they do not belong together"
         )
-    _check_safetensors(folder / WEIGHTS_FILE, where)
+    _check_safetensors(folder / artifacts.WEIGHTS_FILE, where)
     return {
         "model": {k: config[k] for k in CONFIG_FACTS if k in config},
         "vocab_size": len(tokenizer),

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from transformers import BertConfig, BertForMaskedLM, BertModel
 from transformers.utils import logging as hf_logging
 
-from bertpipe import checkpoints, hf_bert
+from bertpipe import artifacts, checkpoints, hf_bert
 from bertpipe.errors import UserError, first_line
 
 ATTENTION = "sdpa"  # see the module docstring
@@ -68,9 +68,9 @@ def _quiet() -> Iterator[None]:
 def _from_pretrained(cls: type, folder: Path, **kwargs: Any) -> tuple[nn.Module, set[str]]:
     """`cls.from_pretrained(folder)`: local safetensors only, float32, every tensor of the shape
     config.json says; (model, the names of the weights it lacks)."""
-    if not (folder / hf_bert.WEIGHTS_FILE).is_file():
+    if not (folder / artifacts.WEIGHTS_FILE).is_file():
         raise UserError(
-            f"{folder}: no {hf_bert.WEIGHTS_FILE}; the hf_bert route loads safetensors weights "
+            f"{folder}: no {artifacts.WEIGHTS_FILE}; the hf_bert route loads safetensors weights "
             f"only (dvc repro hf_bert@<name> fetches them)"
         )
     try:

@@ -20,11 +20,9 @@ from typing import Any
 
 from torch import nn
 
-from bertpipe import checkpoints, hf_bert
+from bertpipe import artifacts, checkpoints, hf_bert
 from bertpipe.errors import UserError
 from bertpipe.model import BERTClassifier
-
-CHECKPOINT = "model.safetensors"  # the weights file of every route's folder
 
 
 def is_hf_folder(path: str | Path) -> bool:
@@ -44,7 +42,7 @@ def load_pretrained(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
         return hf_model.load_bert(folder)
     refuse_part_of_hf_folder(Path(folder))
-    return checkpoints.load_bert(Path(folder) / CHECKPOINT)
+    return checkpoints.load_bert(Path(folder) / artifacts.WEIGHTS_FILE)
 
 
 def refuse_part_of_hf_folder(path: Path) -> None:

@@ -118,7 +118,7 @@ def pretrained_paths(model: str | Path, vocab: str | Path | None) -> tuple[Path,
             raise UserError(f"{model}: an hf_bert folder brings its own tokenizer; drop --vocab")
         return model, None
     routes.refuse_part_of_hf_folder(model)
-    checkpoint = model / routes.CHECKPOINT if model.is_dir() else model
+    checkpoint = model / artifacts.WEIGHTS_FILE if model.is_dir() else model
     return checkpoint, Path(vocab) if vocab is not None else checkpoint.parent / "vocab.json"
 
 
