@@ -227,7 +227,8 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
     )
     timed = np.concatenate([b.idx for b in plan[1:]])  # the first step is not timed
     flops = useful_flops(ex["valid_lens"][timed], ex["mlm_weights"][timed], len(vocab))
-    with runtime.runtime("cpu", args.workers, args.compile, False, args.threads) as rt:
+    with runtime.runtime("cpu", args.workers, args.compile, False, args.threads,
+                         args.precision) as rt:  # fmt: skip
         torch.manual_seed(args.seed)
         model = BERTModel(len(vocab), MODEL)
         metrics = pretrain(model, ex, cfg, rt)
@@ -265,7 +266,8 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     # the first steps of finetune's first epoch: length-bucketed, bucket order shuffled
     gen = torch.Generator().manual_seed(args.seed)
     plan = batches.length_buckets(lengths, args.batch_size, gen)[: args.steps + 1]
-    with runtime.runtime("cpu", args.workers, args.compile, False, args.threads) as rt:
+    with runtime.runtime("cpu", args.workers, args.compile, False, args.threads,
+                         args.precision) as rt:  # fmt: skip
         torch.manual_seed(args.seed)
         model = classifier(args.model, vocab_size)
         model.train()
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
         p.add_argument("--threads", default="auto", help="as the stages' --threads")
         p.add_argument("--controls", action="store_true", help="warm-up, linear decay, AdamW, clip")
+        p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p = sub.add_parser("matmul")
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=10)

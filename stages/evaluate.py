@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from bertpipe import artifacts, config, runtime
+from bertpipe import artifacts, checkpoints, config, runtime
 from bertpipe.cli import run, stage_parser
 from bertpipe.evaluate import evaluate, load
 
@@ -28,12 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     runtime.add_speed_args(parser, training=False)
     args = parser.parse_args(argv)
     cfg = config.load(args.params, "evaluate")
-    model, data, labels = load(args.model, args.snli, cfg.split, args.params)
+    model, data, meta = load(args.model, args.snli, cfg.split, args.params)
 
-    with runtime.runtime(
-        args.device, args.workers, "off", distributed=False, threads=args.threads
-    ) as rt:
-        report, predictions = evaluate(model, data, labels, cfg.batch_size, rt)
+    precision = checkpoints.precision(meta)  # the one it was fine-tuned in
+    with runtime.runtime(args.device, args.workers, "off", distributed=False,
+                         threads=args.threads, precision=precision) as rt:  # fmt: skip
+        report, predictions = evaluate(model, data, meta["labels"], cfg.batch_size, rt)
     log.info("%s: accuracy %.4f, macro-F1 %.4f on %d pairs",
              cfg.split, report["accuracy"], report["macro_f1"], report["num_pairs"])  # fmt: skip
     artifacts.atomic_write_bytes(args.predictions, predictions.encode())

@@ -77,9 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     inputs = [args.pretrained, args.snli, __file__]
     resume = Resume.beside(args.out, fingerprint(run_params, inputs), args.checkpoint_every)
 
-    with runtime.runtime(
-        args.device, args.workers, args.compile, distributed=True, threads=threads
-    ) as rt:
+    with runtime.runtime(args.device, args.workers, args.compile, distributed=True,
+                         threads=threads, precision=cfg.precision) as rt:  # fmt: skip
         torch.manual_seed(cfg.seed)  # the new head's initialisation
         model = routes.new_classifier(bert, bert_meta, num_classes=len(labels))
         with curves.curves(args.live, rt) as live:
@@ -87,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         if not rt.is_main:
             return
         with artifacts.atomic_dir(args.out) as out:
-            header = checkpoints.classifier_meta(bert_meta, labels, snli_meta["max_len"])
+            header = checkpoints.classifier_meta(
+                bert_meta, labels, snli_meta["max_len"], cfg.precision
+            )
             checkpoints.save(out / artifacts.WEIGHTS_FILE, model, header)
         log.info("wrote %s", args.out)
     resume.clear()

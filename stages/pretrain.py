@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         args.out, fingerprint(params, [args.examples, args.corpus, __file__]), args.checkpoint_every
     )
 
-    with runtime.runtime(
-        args.device, args.workers, args.compile, distributed=True, threads=args.threads
-    ) as rt:
+    with runtime.runtime(args.device, args.workers, args.compile, distributed=True,
+                         threads=args.threads, precision=cfg.precision) as rt:  # fmt: skip
         torch.manual_seed(cfg.seed)
         model = BERTModel(meta["vocab_size"], model_cfg)
         log.info("BERT with %d parameters, %d examples", num_parameters(model),
@@ -70,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         if not rt.is_main:
             return
         with artifacts.atomic_dir(args.out) as out:
-            header = checkpoints.bert_meta(model_cfg, meta["vocab_size"], meta["vocab_sha1"])
+            header = checkpoints.bert_meta(
+                model_cfg, meta["vocab_size"], meta["vocab_sha1"], cfg.precision
+            )
             checkpoints.save(out / artifacts.WEIGHTS_FILE, model, header)
             shutil.copyfile(Path(args.corpus) / "vocab.json", out / "vocab.json")
         log.info("wrote %s", args.out)

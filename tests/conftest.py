@@ -402,15 +402,16 @@ CONTROLS = {"warmup_fraction": 0.1, "lr_schedule": "linear", "weight_decay": 0.0
             "grad_clip": 1.0}  # fmt: skip
 
 
-def training_params(pretrain_steps: int, finetune_epochs: int, dropout: float = 0.1) -> dict:
+def training_params(pretrain_steps: int, finetune_epochs: int, dropout: float = 0.1,
+                    precision: str = "fp32") -> dict:  # fmt: skip
     """params.yaml's model and training sections for the tiny model, controls on."""
     return {
         "model": {"num_hiddens": 24, "ffn_num_hiddens": 48, "num_heads": 2, "num_blks": 2,
                   "dropout": dropout, "max_position": 40},
         "pretrain": {"batch_size": 64, "lr": 0.01, "num_steps": pretrain_steps, "seed": 0,
-                     "eval_every": 5, "masking": "static", **CONTROLS},
+                     "eval_every": 5, "masking": "static", "precision": precision, **CONTROLS},
         "finetune": {"batch_size": 32, "lr": 3.0e-3, "num_epochs": finetune_epochs, "seed": 0,
-                     "pretrained": "pretrain", **CONTROLS},
+                     "pretrained": "pretrain", "precision": precision, **CONTROLS},
     }  # fmt: skip
 
 

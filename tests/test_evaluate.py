@@ -21,7 +21,7 @@ def write_classifier(folder: Path, fake, labels: list[str]) -> Path:
     bert, meta = checkpoints.load_bert(fake.bert(folder / "bert.safetensors"))
     torch.manual_seed(0)
     path = folder / "model.safetensors"
-    header = checkpoints.classifier_meta(meta, labels, max_len=24)  # fake.snli's max_len
+    header = checkpoints.classifier_meta(meta, labels, 24, "fp32")  # fake.snli's max_len
     checkpoints.save(path, BERTClassifier(bert), header)
     return path
 
@@ -29,8 +29,8 @@ def write_classifier(folder: Path, fake, labels: list[str]) -> Path:
 def test_a_missing_split_and_other_labels_are_refused(tmp_path, fake):
     snli = fake.snli(tmp_path / "snli", {"train": 4, "test": 5})
     model_path = write_classifier(tmp_path / "ours", fake, fake.LABELS)
-    _, data, labels = evaluate.load(model_path, snli, "test", "params.yaml")
-    assert labels == fake.LABELS and len(data["labels"]) == 5
+    _, data, meta = evaluate.load(model_path, snli, "test", "params.yaml")
+    assert meta["labels"] == fake.LABELS and len(data["labels"]) == 5
     with pytest.raises(UserError, match=r"params.yaml: evaluate.split 'dev' .* \(has train, test"):
         evaluate.load(model_path, snli, "dev", "params.yaml")
     other = write_classifier(tmp_path / "other", fake, fake.LABELS[::-1])
@@ -41,7 +41,8 @@ def test_a_missing_split_and_other_labels_are_refused(tmp_path, fake):
 def test_the_report_and_the_csv_rows_are_the_predictions_in_file_order(tmp_path, fake):
     snli = fake.snli(tmp_path / "snli", {"test": 50})
     model_path = write_classifier(tmp_path / "ours", fake, fake.LABELS)
-    model, data, labels = evaluate.load(model_path, snli, "test", "params.yaml")
+    model, data, meta = evaluate.load(model_path, snli, "test", "params.yaml")
+    labels = meta["labels"]
     report, csv = evaluate.evaluate(model, data, labels, 8, CPU)  # batches sorted by length
     predicted = inference.predict(model, data, 50, CPU)
     actual = np.asarray(data["labels"])

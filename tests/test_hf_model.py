@@ -208,7 +208,7 @@ for name in ("finetune", "evaluate"):
     runpy.run_path({str(ROOT / "stages")!r} + f"/{{name}}.py", run_name="not_main")
 bert, meta = routes.load_pretrained({str(ckpt.parent)!r})
 model = routes.new_classifier(bert, meta, 3)
-checkpoints.save({str(classifier)!r}, model, checkpoints.classifier_meta(meta, {fake.LABELS!r}, 12))
+checkpoints.save({str(classifier)!r}, model, checkpoints.classifier_meta(meta, {fake.LABELS!r}, 12, "fp32"))
 __main__.main(["predict", "--model", {str(classifier)!r}, "--vocab", {str(vocab)!r}, "w5 w6", "w7"])
 __main__.main(["encode", "--model", {str(ckpt.parent)!r}, "w5 w6"])
 __main__.main(["fill-mask", "--model", {str(ckpt.parent)!r}, "w5 <mask>"])

@@ -50,7 +50,7 @@ def ckpt(tmp_path_factory) -> Path:
     classifier = BERTClassifier(bert, num_classes=3)
     with torch.no_grad():
         classifier.output.weight.mul_(8.0)  # probabilities well away from 1/3
-    meta = checkpoints.classifier_meta(meta, list(snli.LABELS), FINETUNED_MAX_LEN)
+    meta = checkpoints.classifier_meta(meta, list(snli.LABELS), FINETUNED_MAX_LEN, "fp32")
     artifacts.save_checkpoint(root / "classifier.safetensors", classifier.state_dict(), meta)
     return root
 

@@ -123,7 +123,9 @@ def predict(args: argparse.Namespace) -> None:
         use.read_pairs(args.file) if args.file else ([args.pair[0]], [args.pair[1]])
     )
     pairs = use.encode_pairs(ids, premises, hypotheses, max_len)
-    rt = runtime.Runtime(runtime.pick_device(args.device), False, 0, threads=runtime.Threads())
+    device = runtime.pick_device(args.device)  # in the precision it was fine-tuned in:
+    rt = runtime.Runtime(device, False, 0, threads=runtime.Threads(),
+                         precision=checkpoints.precision(meta))  # fmt: skip
     probs = inference.probabilities(model, pairs, args.batch_size, rt)
     rows = use.predictions(premises, hypotheses, probs, meta["labels"])
     sys.stdout.write(use.format_predictions(rows, meta["labels"], args.format))

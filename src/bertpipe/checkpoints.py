@@ -15,6 +15,8 @@ pretrain and finetune stages) and the readers (finetune, evaluate):
     num_classes, labels   classifier only: the label names in output order
     max_len       classifier only: make_snli.max_len of the pairs it was fine-tuned on, which
                   `bertpipe predict` truncates new pairs to
+    precision     optional: the training stage's `precision` (fp32 or bf16), which evaluate and
+                  `bertpipe predict` run the model in; absent (imports, older versions): fp32
 
 A header without every key of its kind (one an older version wrote) is refused, with one line
 that says which stage to rerun. The hf_bert route's pretrained models are not checkpoints of
@@ -43,12 +45,14 @@ WRITER = {"bert": "pretrain", "classifier": "finetune"}
 TRANSFORMERS = "transformers"  # the `encoder` of the hf_bert route's headers
 
 
-def bert_meta(cfg: config.ModelConfig, vocab_size: int, vocab_sha1: str) -> dict[str, Any]:
+def bert_meta(cfg: config.ModelConfig, vocab_size: int, vocab_sha1: str,
+              precision: str = "fp32") -> dict[str, Any]:  # fmt: skip
     return {
         "kind": "bert",
         "model": dataclasses.asdict(cfg),
         "vocab_size": vocab_size,
         "vocab_sha1": vocab_sha1,
+        "precision": precision,
     }
 
 
@@ -75,10 +79,17 @@ def max_position(meta: dict[str, Any]) -> int:
     )
 
 
-def classifier_meta(pretrained: dict[str, Any], labels: list[str], max_len: int) -> dict[str, Any]:
-    """The meta of a classifier fine-tuned from `pretrained` on pairs of at most `max_len`."""
+def classifier_meta(pretrained: dict[str, Any], labels: list[str], max_len: int,
+                    precision: str) -> dict[str, Any]:  # fmt: skip
+    """The meta of a classifier fine-tuned from `pretrained` in `precision` on pairs of at most
+    `max_len`."""
     return {**pretrained, "kind": "classifier", "num_classes": len(labels), "labels": labels,
-            "max_len": max_len}  # fmt: skip
+            "max_len": max_len, "precision": precision}  # fmt: skip
+
+
+def precision(meta: dict[str, Any]) -> str:
+    """The precision a checkpoint was trained in, and is run in."""
+    return meta.get("precision", "fp32")
 
 
 def save(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:

@@ -98,6 +98,7 @@ class TokenizeWikitextConfig:
 MAX_LEN = 2**15 - 1  # positions are stored as int16
 SCHEDULES = ("constant", "linear", "cosine")
 MASKINGS = ("static", "dynamic")
+PRECISIONS = ("fp32", "bf16")  # of the forward pass: see runtime.autocast
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,8 @@ class PretrainConfig:
     eval_every: int = _at_least_zero("an integer >= 0", default=0)
     # static: make_examples' masks, every epoch (d2l); dynamic: new ones each epoch (RoBERTa)
     masking: str = _one_of(*MASKINGS, default="static")
+    # fp32 (d2l's) or bf16: autocast with fp32 weights and optimiser state, on any device
+    precision: str = _one_of(*PRECISIONS, default="fp32")
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ class FinetuneConfig:
     lr_schedule: str = _one_of(*SCHEDULES, default="constant")
     weight_decay: float = _at_least_zero(default=0.0)
     grad_clip: float = _at_least_zero(default=0.0)
+    precision: str = _one_of(*PRECISIONS, default="fp32")  # as in `pretrain`
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from bertpipe.runtime import Runtime
 
 def load(
     model_path: str | Path, snli_path: str | Path, split: str, params_path: str | Path
-) -> tuple[nn.Module, Arrays, list[str]]:
-    """The classifier (CPU), the split's arrays and the label names, checked against each other.
+) -> tuple[nn.Module, Arrays, dict[str, Any]]:
+    """The classifier (CPU), the split's arrays and the checkpoint's meta (its label names, its
+    precision), checked against each other.
 
     `params_path` names the file that chose `split`, for the error that says it is missing."""
     snli_meta = batches.load_snli(snli_path)
@@ -35,10 +36,11 @@ def load(
         )
     model, meta = routes.load_classifier(model_path)
     checkpoints.check_snli_fits(snli_meta, snli_path, meta, model_path)
-    labels = meta["labels"]
-    if labels != snli_meta["labels"]:
-        raise UserError(f"{model_path}: labels {labels} differ from {snli_path}'s; re-run finetune")
-    return model, batches.load_snli_split(snli_path, split), labels
+    if meta["labels"] != snli_meta["labels"]:
+        raise UserError(
+            f"{model_path}: labels {meta['labels']} differ from {snli_path}'s; re-run finetune"
+        )
+    return model, batches.load_snli_split(snli_path, split), meta
 
 
 def evaluate(

@@ -92,5 +92,5 @@ def finetune(
             trainer.log_epoch(result)
             log.info("epoch %d: %s", epoch, result)
     return {**trainer.state.epochs[-1][1], "num_epochs": cfg.num_epochs, "num_steps": total,
-            "examples_per_sec": trainer.speed.rate(),
+            "precision": rt.precision, "examples_per_sec": trainer.speed.rate(),
             "train_seconds": round(trainer.speed.seconds, 2), **rt.knobs()}  # fmt: skip

@@ -16,6 +16,10 @@ PyTorch's CPU kernels sum in an order that does: LayerNorm's weight and bias gra
 partial sum per thread) and the softmax backward. `LayerNorm` and `softmax` below compute those
 with reductions whose order is fixed. (MKL's matmuls are held to one order by its strict
 reproducible mode, which `bertpipe/__init__` sets.)
+
+Under bf16 autocast the matmuls run in bf16; softmax (forward and backward), LayerNorm and the
+dropout scale stay float32 (`widened`): in bf16 the softmax backward's w·(g − Σ w·g) cancels,
+and 1 / 0.9 rounds to 1.109, which would shift dropout's mean.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def widened(X: Tensor) -> Tensor:
+    """X in float32 if it is in a narrower float type (bf16, fp16), else X itself."""
+    return X if X.dtype in (torch.float32, torch.float64) else X.float()
+
 
 # ----------------------------------------------------------------------------------------------
 # Dropout from 16 random bits per element
@@ -50,13 +60,14 @@ def dropout_scale(X: Tensor, p: float) -> Tensor:
     Bernoulli sampler and `torch.rand` take one draw per element. A quarter of the draws made
     dropout 3x faster on this project's CPU machine (8 instead of 24 ms per (23683, 128) tensor).
     An element is dropped with probability round(65536 p) / 65536 (0.199997 for 0.2) and the
-    kept ones scaled by the inverse of the keep rate, so the mean stays exactly X's.
+    kept ones scaled by the inverse of the keep rate, so the mean stays exactly X's (the mask
+    is float32 for a bf16 X: in bf16 the scale itself would round).
     """
     dropped = round(p * 65536)  # of every 65536 values of a 16-bit lane
     bits = torch.empty((X.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
     lanes = bits.view(torch.int16)[: X.numel()].view(X.shape)  # uniform in [-32768, 32767]
     keep = lanes >= dropped - 32768
-    return keep.to(X.dtype).mul_(65536 / (65536 - dropped))  # 0 or 1 / keep rate
+    return widened(keep.to(X.dtype)).mul_(65536 / (65536 - dropped))  # 0 or 1 / keep rate
 
 
 class Dropout(nn.Dropout):
@@ -93,9 +104,11 @@ class _LayerNormFunction(torch.autograd.Function):
 
 class LayerNorm(nn.LayerNorm):
     """nn.LayerNorm (same state dict) whose CPU gradients do not depend on the thread count:
-    PyTorch's CPU kernel adds up one partial weight gradient per thread."""
+    PyTorch's CPU kernel adds up one partial weight gradient per thread. In float32 for a bf16
+    input (CUDA's autocast does the same; CPU's would keep bf16)."""
 
     def forward(self, X: Tensor) -> Tensor:
+        X = widened(X)
         if X.device.type != "cpu" or not torch.is_grad_enabled():
             return super().forward(X)
         return _LayerNormFunction.apply(X, self.weight, self.bias, self.eps)
@@ -125,8 +138,9 @@ class _SoftmaxFunction(torch.autograd.Function):
 
 
 def softmax(scores: Tensor) -> Tensor:
-    """Softmax over the last dim; on CPU with a backward that does not depend on the thread
-    count (PyTorch's CPU softmax backward does)."""
+    """Softmax over the last dim, in float32 for bf16 scores; on CPU with a backward that does
+    not depend on the thread count (PyTorch's CPU softmax backward does)."""
+    scores = widened(scores)
     if scores.device.type != "cpu" or not torch.is_grad_enabled():
         return scores.softmax(dim=-1)
     return _SoftmaxFunction.apply(scores)
@@ -159,7 +173,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, p: float) -> T
     if p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
     # With dropout, SDPA on CPU falls back to this same math, with the slow sampler.
-    scores = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (..., T, T)
+    scores = widened(q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (..., T, T)
     weights = softmax(scores.masked_fill_(~attn_mask, float("-inf")))
     return dropout(weights, p, True) @ v
 
@@ -255,11 +269,12 @@ class _PackedAttention(torch.autograd.Function):
         for (e, s), mask in zip(groups, masks, strict=True):
             n = nh * e * s
             q, k, v = padded[at : at + 3 * n].view(3, nh * e, s, d)
-            scores = torch.bmm(q, k.transpose(1, 2)).mul_(d**-0.5)  # (nh * e, s, s)
+            scores = widened(torch.bmm(q, k.transpose(1, 2))).mul_(d**-0.5)  # (nh * e, s, s)
             scores.view(nh, e, s, s).masked_fill_(~mask, float("-inf"))
-            weights = scores.softmax(dim=-1)
+            weights = scores.softmax(dim=-1)  # float32
             keep = dropout_scale(weights, p) if p > 0 else torch.ones(())
-            torch.bmm(weights * keep, v, out=out[to : to + n].view(nh * e, s, d))
+            dropped = (weights * keep).to(v.dtype)
+            torch.bmm(dropped, v, out=out[to : to + n].view(nh * e, s, d))
             saved += [weights, keep]
             at, to = at + 3 * n, to + n
         ctx.save_for_backward(padded, *saved)
@@ -277,9 +292,9 @@ class _PackedAttention(torch.autograd.Function):
             q, k, v = padded[at : at + 3 * n].view(3, nh * e, s, d)
             grad_q, grad_k, grad_v = grad[at : at + 3 * n].view(3, nh * e, s, d)
             g = grad_out[to : to + n].view(nh * e, s, d)
-            torch.bmm((weights * keep).transpose(1, 2), g, out=grad_v)
-            wg = torch.bmm(g, v.transpose(1, 2)).mul_(keep).mul_(weights)  # (nh * e, s, s)
-            scores = _softmax_backward(wg, weights).mul_(d**-0.5)
+            torch.bmm((weights * keep).to(g.dtype).transpose(1, 2), g, out=grad_v)
+            wg = widened(torch.bmm(g, v.transpose(1, 2))).mul_(keep).mul_(weights)  # (nh*e, s, s)
+            scores = _softmax_backward(wg, weights).mul_(d**-0.5).to(k.dtype)
             torch.bmm(scores, k, out=grad_q)
             torch.bmm(scores.transpose(1, 2), q, out=grad_k)
             at, to = at + 3 * n, to + n

@@ -61,10 +61,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     of LOGIT_BLOCK vocabulary columns (on CPU; one block elsewhere), and each block's maximum,
     exp and sum are taken while it is still in cache (an online softmax, as in flash
     attention). The blocks then become, in place, the loss's gradient with respect to the
-    logits, w/D · (softmax − onehot), which is all backward needs: no log-softmax
-    copy, no zero-filled gradient, no argmax pass. The softmax is float32; under autocast the
-    matmuls run in the autocast dtype, as F.linear's would. D is the denominator of the weighted
-    mean: Σw + 1e-8 over the slots given, or over the whole batch when ranks share it.
+    logits, w/D · (softmax − onehot), which is all backward needs: no log-softmax copy, no
+    zero-filled gradient, no argmax pass (a slot is a hit when its label's logit is the row's
+    maximum). D is the denominator of the weighted mean: Σw + 1e-8 over the slots given, or over
+    the whole batch when ranks share it.
+
+    Under autocast the matmuls run in the autocast dtype, as F.linear's would, and the blocks
+    are kept in it for backward (bf16: half the memory traffic); the softmax statistics and
+    exps, the loss, and the gradient at each label (softmax − 1, which cancels) are float32,
+    in a float32 copy of the blocks (mixed-dtype elementwise ops are several times slower).
     """
 
     @staticmethod
@@ -74,33 +79,44 @@ class _LinearCrossEntropy(torch.autograd.Function):
         low = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
         x_low, w_low, b_low = x.to(low), weight.to(low), bias.to(low)
         width = LOGIT_BLOCK if kind == "cpu" else V
-        columns = [slice(j, j + width) for j in range(0, V, width)]
-        blocks, stats = [], []
+        columns = [slice(j, min(j + width, V)) for j in range(0, V, width)]
+        # every block (S, width) one after the other, each contiguous; float32 exps beside them
+        flat = x_low.new_empty(S * V)
+        flat32 = flat if low == torch.float32 else flat.new_empty(S * V, dtype=torch.float32)
+        rows = torch.arange(S, device=x.device)
+        blocks, exps, stats = [], [], []
+        label_logit = torch.empty(S, device=x.device)  # as the blocks hold it
         with torch.autocast(kind, enabled=False):
             for cols in columns:
-                block = torch.addmm(b_low[cols], x_low, w_low[cols].t()).float()  # (S, width)
-                top, where = block.max(dim=1)  # (S,)
-                total = block.sub_(top[:, None]).exp_().sum(dim=1)  # block: exp(logit - top)
+                at = slice(S * cols.start, S * cols.stop)
+                block = torch.addmm(b_low[cols], x_low, w_low[cols].t(), out=flat[at].view(S, -1))
+                inside = (labels >= cols.start) & (labels < cols.stop)
+                label_logit[inside] = block[rows[inside], labels[inside] - cols.start].float()
+                exp = flat32[at].view(S, -1)
+                if exp.data_ptr() != block.data_ptr():
+                    exp.copy_(block)
+                top = exp.amax(dim=1)  # (S,)
+                total = exp.sub_(top[:, None]).exp_().sum(dim=1)  # exp: exp(logit - top)
                 blocks.append(block)
-                stats.append((top, where + cols.start, total))
-        best, guess, total = (torch.stack(column) for column in zip(*stats, strict=True))  # (n, S)
-        top, first = best.max(dim=0)  # (S,) the row maximum, and its block
+                exps.append(exp)
+                stats.append((top, total, inside))
+        best, total, inside = (torch.stack(column) for column in zip(*stats, strict=True))  # (n, S)
+        top = best.amax(dim=0)  # (S,) the row maximum
         rescale = torch.exp(best - top)  # (n, S): from each block's maximum to the row's
         total = (total * rescale).sum(dim=0)  # (S,) Σ exp(logit - top)
         target = (x.float() * weight[labels].float()).sum(dim=1) + bias[labels].float()  # (S,)
         w = weights.float()
         scale = w / denominator  # (S,)
         loss = exact_sum((top + total.log() - target) * scale)
-        hits = guess.gather(0, first[None])[0] == labels
-        accuracy = exact_sum(hits.float() * w) / denominator
+        accuracy = exact_sum((label_logit >= top).float() * w) / denominator
+        # at each label: scale · (softmax − 1), in float32 from the label's own logit
+        at_label = scale * (torch.exp(target - top) / total - 1.0)  # (S,)
         factor = rescale * (scale / total)  # (n, S)
-        for block, f in zip(blocks, factor, strict=True):
-            block.mul_(f[:, None])  # exp(logit - block max) -> scale · softmax
-        rows = torch.arange(S, device=x.device)
-        for block, cols in zip(blocks, columns, strict=True):  # ... − scale · onehot
-            inside = (labels >= cols.start) & (labels < cols.start + block.shape[1])
-            at = (rows[inside], labels[inside] - cols.start)
-            block.index_put_(at, -scale[inside], accumulate=True)
+        for block, exp, f, mine, cols in zip(blocks, exps, factor, inside, columns, strict=True):
+            exp.mul_(f[:, None])  # exp(logit - block max) -> scale · softmax
+            exp[rows[mine], labels[mine] - cols.start] = at_label[mine]
+            if exp.data_ptr() != block.data_ptr():
+                block.copy_(exp)
         ctx.save_for_backward(x, weight, *blocks)
         ctx.low, ctx.columns = low, columns
         ctx.mark_non_differentiable(accuracy)
@@ -110,13 +126,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: Tensor, _: Tensor) -> tuple:
         x, weight, *blocks = ctx.saved_tensors  # blocks of d loss / d logits: (S, width) each
         x_low, w_low = x.to(ctx.low), weight.to(ctx.low)
-        grad_x = torch.zeros_like(x_low)
+        grad_x = torch.zeros_like(x, dtype=torch.float32)  # summed over the blocks in float32
         grad_w = torch.empty_like(w_low)
         for block, cols in zip(blocks, ctx.columns, strict=True):
-            g = block.to(ctx.low)
-            grad_x.addmm_(g, w_low[cols])
-            torch.mm(g.t(), x_low, out=grad_w[cols])
-        grad_b = torch.cat([block.sum(dim=0) for block in blocks])  # (V,)
+            grad_x += torch.mm(block, w_low[cols])
+            torch.mm(block.t(), x_low, out=grad_w[cols])
+        grad_b = torch.cat([block.sum(dim=0) for block in blocks]).float()  # (V,)
         return (grad_x.to(x.dtype).mul_(grad_loss), grad_w.to(weight.dtype).mul_(grad_loss),
                 grad_b.mul_(grad_loss), None, None, None)  # fmt: skip
 

@@ -142,6 +142,7 @@ def pretrain(model: BERTModel, examples: Arrays, cfg: config.PretrainConfig, rt:
         "mlm_accuracy": round(float(mean[2]), 4),
         "nsp_accuracy": round(float(mean[3]), 4),
         "num_steps": len(steps),
+        "precision": rt.precision,
         "pairs_per_sec": trainer.speed.rate(),
         "train_seconds": round(trainer.speed.seconds, 2),
         **rt.knobs(),

@@ -1,8 +1,13 @@
-"""Where training runs: the device, threads, the torchrun process group, compilation, autocast.
+"""Where training runs: the device, threads, the torchrun process group, compilation, precision.
 
-Everything here changes how fast a stage runs, never what it computes, so none of it is a param:
-the stage scripts take `--device`, `--threads`, `--workers` and `--compile` flags whose defaults
-come from environment variables, and record the values used in their metrics (`Runtime.knobs`).
+All but the precision changes how fast a stage runs, never what it computes, so none of it is a
+param: the stage scripts take `--device`, `--threads`, `--workers` and `--compile` flags whose
+defaults come from environment variables, and record the values used in their metrics
+(`Runtime.knobs`). The precision does change what is computed: it is the training stages'
+`precision` param (fp32 or bf16), and evaluate and `bertpipe predict` take the one their
+checkpoint records. `autocast` applies it on every device: fp32 is fp32 on CUDA too (no TF32),
+bf16 is autocast with fp32 weights and optimiser state. bf16 is refused on a CPU without native
+bf16 matmuls (`check_precision`), where it would run 50-100x slower than fp32.
 
 Under torchrun (WORLD_SIZE > 1) `runtime()` joins the process group (NCCL on CUDA, Gloo on CPU);
 `reduce_sum` is how the ranks agree on a figure.
@@ -25,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from bertpipe.config import PRECISIONS
 from bertpipe.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -109,6 +115,31 @@ class Threads:
         return {"threads": setting, "threads_mean": round(mean, 2)}
 
 
+ANY_CPU_BF16 = "BERTPIPE_BF16_ANY_CPU"  # "1": run bf16 on any CPU (the tests do: CI may lack it)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware: x86's AVX512_BF16 or AMX (as
+    oneDNN uses them). torch's CPU capability string does not tell (it says AVX512 either way)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse what cannot run as asked: an unknown precision, or bf16 on a CPU without native
+    bf16 matmuls (measured at 1-2.5 GFLOP/s on such a CPU, 50-100x below its fp32)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision != "bf16" or device.type != "cpu" or native_bf16():
+        return
+    if os.environ.get(ANY_CPU_BF16) == "1":
+        return
+    raise UserError(
+        "precision bf16: this CPU has no native bf16 matrix multiply (x86's AVX512_BF16 or "
+        "AMX instructions), so bf16 would run 50-100x slower than fp32; set precision: fp32, "
+        f"or run on a GPU or a CPU that has them ({ANY_CPU_BF16}=1 runs it anyway, slowly)"
+    )
+
+
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
@@ -117,6 +148,10 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     threads: Threads = field(default_factory=lambda: Threads(str(torch.get_num_threads())))
+    precision: str = "fp32"  # a param, not a speed knob: see `autocast`
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision, self.device)
 
     @property
     def is_main(self) -> bool:
@@ -226,9 +261,9 @@ def _keep_freed_memory() -> None:
 
 @contextlib.contextmanager
 def runtime(device: str, workers: int, compile: str, distributed: bool,
-            threads: str = "auto") -> Iterator[Runtime]:  # fmt: skip
-    """Choose the device and threads; under torchrun (WORLD_SIZE > 1) also join the process
-    group."""
+            threads: str = "auto", precision: str = "fp32") -> Iterator[Runtime]:  # fmt: skip
+    """Choose the device and threads, check the precision; under torchrun (WORLD_SIZE > 1) also
+    join the process group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not distributed:
         raise UserError("this stage runs in one process; launch it without torchrun")
@@ -237,10 +272,11 @@ def runtime(device: str, workers: int, compile: str, distributed: bool,
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     threads_before = torch.get_num_threads()
     dev = pick_device(device, local_rank)
+    check_precision(precision, dev)  # before joining a process group: one line, no hang
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (cudnn's default is on)
+        torch.backends.cudnn.allow_tf32 = False
     elif dev.type == "cpu":
         _keep_freed_memory()
     if world_size > 1:
@@ -248,10 +284,12 @@ def runtime(device: str, workers: int, compile: str, distributed: bool,
     if rank != 0:  # one voice: the other ranks only warn
         logging.getLogger().setLevel(logging.WARNING)
     use_compile = compile == "on" or (compile == "auto" and dev.type == "cuda")
-    rt = Runtime(dev, use_compile, workers, rank, world_size, Threads(threads))
+    rt = Runtime(dev, use_compile, workers, rank, world_size, Threads(threads), precision)
     log.info(
-        "running on %s, threads %s (at most %d), world size %d, compile %s, %d loader workers",
+        "running on %s in %s, threads %s (at most %d), world size %d, compile %s, %d loader "
+        "workers",
         dev,
+        precision,
         threads,
         rt.threads.most,
         world_size,
@@ -284,9 +322,10 @@ def prepare(model: nn.Module, rt: Runtime) -> nn.Module:
 
 
 def autocast(rt: Runtime) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; float32 elsewhere (bf16 matmuls crawl on CPUs without bf16 units)."""
-    if rt.cuda:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """The forward pass in `rt.precision`: bf16 autocast (matmuls in bf16; the weights, their
+    gradients and the optimiser state stay fp32), or plain fp32, on any device."""
+    if rt.precision == "bf16":
+        return torch.autocast(rt.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
