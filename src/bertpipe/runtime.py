@@ -65,12 +65,14 @@ class Threads:
     threads to use, auto keeps their count fixed: the 1-or-2 rule is what was measured.
 
     Other processes' load is the busy time /proc/stat counts on our cores minus our own CPU
-    time, over at least WINDOW seconds.
+    time, over at least WINDOW seconds. `follow_load=False` keeps auto's count fixed: bf16
+    training does (its matmuls, oneDNN's, split long sums by thread count, so a switch would
+    change the bits).
     """
 
     WINDOW = 0.2  # seconds of CPU accounting behind each choice
 
-    def __init__(self, setting: str = "auto"):
+    def __init__(self, setting: str = "auto", follow_load: bool = True):
         if setting != "auto" and not (setting.isdigit() and int(setting) > 0):
             raise UserError(f"--threads (or $BERTPIPE_THREADS): expected auto or a count "
                             f"of 1 or more, got {setting!r}")  # fmt: skip
@@ -78,7 +80,8 @@ class Threads:
             torch.set_num_threads(int(setting))
         self.most = torch.get_num_threads()  # auto: $OMP_NUM_THREADS, else the usable cores
         self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-        self.auto = setting == "auto" and self.most == 2 and _busy_seconds(self.cpus) is not None
+        self.auto = (setting == "auto" and follow_load and self.most == 2
+                     and _busy_seconds(self.cpus) is not None)  # fmt: skip
         self.setting, self.steps, self.thread_steps = setting, 0, 0
         self._since = self._sample()
 
@@ -191,9 +194,8 @@ def add_speed_args(parser: Any, training: bool = True) -> None:
         default=env("BERTPIPE_THREADS", "auto"),
         help="CPU threads: a count, or auto = with 2 threads to use ($OMP_NUM_THREADS or the "
         "usable cores), 1 while other processes keep a core busy and 2 otherwise, re-read "
-        "between steps (with more, their count); on a CPU the results are the same bits at any "
-        "count "
-        "(default: $BERTPIPE_THREADS or auto)",
+        "between steps (with more, or with precision bf16, their count); on a CPU in fp32 the "
+        "results are the same bits at any count (default: $BERTPIPE_THREADS or auto)",
     )
     parser.add_argument(
         "--workers",
@@ -284,7 +286,10 @@ def runtime(device: str, workers: int, compile: str, distributed: bool,
     if rank != 0:  # one voice: the other ranks only warn
         logging.getLogger().setLevel(logging.WARNING)
     use_compile = compile == "on" or (compile == "auto" and dev.type == "cuda")
-    rt = Runtime(dev, use_compile, workers, rank, world_size, Threads(threads), precision)
+    # bf16 on CPU: the matmuls' bits depend on the thread count, so auto keeps it fixed
+    pinned = precision == "bf16" and dev.type == "cpu"
+    threads_used = Threads(threads, follow_load=not pinned)
+    rt = Runtime(dev, use_compile, workers, rank, world_size, threads_used, precision)
     log.info(
         "running on %s in %s, threads %s (at most %d), world size %d, compile %s, %d loader "
         "workers",
