@@ -4,6 +4,7 @@
         [--snli-pairs 100000] [--steps 5] [--repeats 2] [--contend N] [--json OUT]
         [--wiki FILE] [--snli-file FILE]      (real files instead of the repeated ones)
         [--peer]                              (transformers' BERT beside both: peer_transformers.py)
+        [--precision fp32|bf16]               (ours; d2l runs fp32)
 
 Data: WikiText = (wiki.valid.tokens + wiki.test.tokens) x --wiki-repeat (5: about the size of
 the real training file); SNLI = the rows of snli_1.0_dev.txt cycled to --snli-pairs rows. Both
@@ -15,7 +16,9 @@ Every measurement runs in a fresh process (so peak RSS belongs to one side), our
 alternating which side goes first; each figure is the best of --repeats runs. Before dividing,
 the script checks that both sides did the same work (example and pair counts, vocabulary
 size, steps, batch size) and stops if not. MFU: useful model FLOP/s of our pretraining step
-(see ours.useful_flops) over the best fp32 2048^3 matmul FLOP/s measured in the same run.
+(see ours.useful_flops) over the best 2048^3 matmul FLOP/s measured in the same run, in the
+precision ours trains in (--precision: the params' fp32 or bf16), so that bf16 is measured
+against bf16's own, higher, peak.
 Waits (up to --wait-max seconds) for the 1-minute load average to fall below --quiet first.
 
 --peer: the training jobs also run `peer_transformers.py` (Hugging Face transformers'
@@ -132,6 +135,7 @@ def measure(args: argparse.Namespace, wiki: Path, snli: Path, tmp: Path) -> dict
         [sys.executable, str(args.d2l)],
     )
     steps = ["--steps", str(args.steps)]
+    precision = ["--precision", args.precision]
     vocab = tmp / "vocab.json"
     run_json([*ours, "vocab", "--wiki", str(wiki), "--out", str(vocab)], env)
     jobs = {
@@ -148,18 +152,20 @@ def measure(args: argparse.Namespace, wiki: Path, snli: Path, tmp: Path) -> dict
              [*d2l, "snli", "--snli-file", str(snli)]],
         ),
         "pretrain": (
-            [*ours, "pretrain", "--wiki", str(wiki), *steps, "--compile", args.compile],
+            [*ours, "pretrain", "--wiki", str(wiki), *steps, "--compile", args.compile,
+             *precision],
             [[*d2l, "pretrain", "--wiki", str(wiki), *steps]],
         ),
         "finetune": (
             [*ours, "finetune", "--wiki", str(wiki), "--snli-file", str(snli), *steps,
-             "--compile", args.compile],
+             "--compile", args.compile, *precision],
             [[*d2l, "finetune", "--wiki", str(wiki), "--snli-file", str(snli), *steps]],
         ),
     }  # fmt: skip
     peer = [py, str(HERE / "peer_transformers.py")]  # takes d2l's arguments
-    matmul = [py, str(HERE / "ours.py"), "matmul"]
-    results: dict = {"ours": {}, "d2l": {}, "ours_1_thread": {}, "matmul": [run_json(matmul, env)]}
+    matmul = [py, str(HERE / "ours.py"), "matmul", *precision]
+    results: dict = {"ours": {}, "d2l": {}, "ours_1_thread": {}, "matmul": [run_json(matmul, env)],
+                     "precision": args.precision}  # fmt: skip
     with contention(args.contend):
         for name in args.only or list(jobs):
             ours_cmd, d2l_cmds = jobs[name]
@@ -239,7 +245,8 @@ def table(results: dict, contended: bool) -> tuple[list[dict], dict]:
             mfu = o["useful_flops_per_sec"] / peak
             # d2l's useful FLOPs per pair are ours (same model, same examples, same statistics)
             d2l_mfu = mfu * d["pairs_per_sec"] / o["pairs_per_sec"]
-            row("pretraining MFU: useful FLOP/s / fp32 matmul FLOP/s (d2l's: estimate)",
+            row(f"pretraining MFU: useful FLOP/s / {results['precision']} matmul FLOP/s "
+                "(d2l's: estimate, against the same peak)",
                 round(mfu, 3), round(d2l_mfu, 3), mfu / d2l_mfu, ">= 50%", mfu >= 0.5)  # fmt: skip
     if "finetune" in ours:
         o = best(ours["finetune"], "examples_per_sec", True)
@@ -324,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per side (best counts)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch/OMP threads")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="ours'")
     parser.add_argument("--only", nargs="+", choices=["examples", "snli", "pretrain", "finetune"])
     parser.add_argument("--quiet", type=float, default=0.7, help="load average to wait for")
     parser.add_argument("--wait-max", type=float, default=600, help="seconds to wait at most")
@@ -351,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         "steps": args.steps,
         "repeats": args.repeats,
         "contend": args.contend,
+        "precision": args.precision,
         "matmul_flops_per_sec": max(m["flops_per_sec"] for m in results["matmul"]),
     }
     print(json.dumps(info))

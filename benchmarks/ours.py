@@ -14,9 +14,10 @@ measurement, so `peak_rss_mb` is this side's alone.
       [--tokenizer FOLDER]               SNLI's raw text in a BERT tokenizer's ids, as make_snli
                                           encodes it on the hf_bert route (else our vocabulary)
 
-  (both also take --threads, as the stages do: auto by default, and --controls: the README's
-   warm-up 0.1, linear decay, weight decay 0.01 and clipping at 1; both print `weights_sha1`)
-  ours.py matmul                                         fp32 matmul FLOP/s (the MFU yardstick)
+  (both also take --threads, as the stages do: auto by default, --precision fp32|bf16 (the
+   param), and --controls: the README's warm-up 0.1, linear decay, weight decay 0.01 and
+   clipping at 1; both print `weights_sha1`)
+  ours.py matmul [--precision bf16] [--shape M K N]      matmul FLOP/s (the MFU yardstick)
 
 Model and optimiser settings are d2l's (params.yaml defaults): 2 blocks, 128 hidden, 2 heads,
 FFN 256, dropout 0.2, max_len 64 / 128, batch 512, Adam lr 0.01 / 1e-4.
@@ -295,12 +296,16 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
 
 
 def cmd_matmul(args: argparse.Namespace) -> dict:
-    """Best of `repeats` fp32 n x n x n matmuls: the machine's practical matmul peak."""
+    """Best of `repeats` M x K x N matmuls in fp32 or bf16: the machine's practical matmul peak
+    (2048^3), or its speed at one of the model's shapes."""
     import torch
 
-    n = args.size
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
+    import bertpipe  # noqa: F401  (its MKL and oneDNN settings, as the stages have them)
+
+    m, k, n = args.shape
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    out = torch.empty(m, n, dtype=dtype)
     torch.mm(a, b, out=out)
     best = float("inf")
     for _ in range(args.repeats):
@@ -308,9 +313,9 @@ def cmd_matmul(args: argparse.Namespace) -> dict:
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
     return {
-        "what": "fp32 matmul",
-        "size": n,
-        "flops_per_sec": round(2 * n**3 / best, 1),
+        "what": f"{args.precision} matmul",
+        "shape": [m, k, n],
+        "flops_per_sec": round(2 * m * k * n / best, 1),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -348,7 +353,10 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--controls", action="store_true", help="warm-up, linear decay, AdamW, clip")
         p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p = sub.add_parser("matmul")
-    p.add_argument("--size", type=int, default=2048)
+    p.add_argument(
+        "--shape", type=int, nargs=3, default=[2048, 2048, 2048], metavar=("M", "K", "N")
+    )
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

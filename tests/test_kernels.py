@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from bertpipe.kernels import LayerNorm, Packing, dropout, packed_attention, softmax
+from bertpipe.kernels import (
+    LayerNorm,
+    Packing,
+    dropout,
+    linear,
+    packed_attention,
+    padded_rows,
+    softmax,
+)
 
 H, HEADS = 12, 3
 
@@ -86,3 +94,63 @@ def test_packed_attention_forward_is_the_per_group_loop_bit_for_bit_with_dropout
             outs.append(packed_attention(qkv, packing, packing.masks(), HEADS, 0.3))
     assert outs[0].grad_fn is not None and outs[1].grad_fn is None
     assert torch.equal(outs[0].detach(), outs[1])
+
+
+def test_under_bf16_autocast_softmax_layer_norm_and_the_dropout_scale_are_float32():
+    """bf16 in, float32 out: in bf16 the softmax backward cancels, and 1 / keep rate rounds."""
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(6, H, generator=g).bfloat16().requires_grad_()
+    ln = LayerNorm(H)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ln(X) + softmax(X)
+    out.sum().backward()
+    assert out.dtype == torch.float32 and X.grad.dtype == torch.bfloat16
+    assert ln.weight.grad.dtype == torch.float32
+    reference = LayerNorm(H)(X.detach().float()) + softmax(X.detach().float())
+    assert torch.equal(out.detach(), reference.detach())  # X widened, then as in float32
+    torch.manual_seed(0)
+    kept = dropout(torch.ones(100, 100, dtype=torch.bfloat16), 0.1, training=True).unique()
+    # 6,554 of every 65,536 dropped; in bf16 the scale would be 1.109375
+    assert kept.dtype == torch.float32 and kept.tolist() == [
+        0.0,
+        pytest.approx(65536 / 58982, rel=1e-7),
+    ]
+
+
+def test_packed_attention_under_bf16_autocast():
+    """bf16 matmuls, float32 softmax: the training path's forward is the per-group loop's bits,
+    and its gradient is the float32 one to bf16's precision."""
+    qkv, packing = packed_attention_case()
+    grads, outs = [], []
+    for grad, low in ((True, True), (False, True), (True, False)):
+        x = qkv.detach().bfloat16().float().requires_grad_()  # the same inputs in both dtypes
+        torch.manual_seed(3)
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16, enabled=low):
+            out = packed_attention(x.to(torch.bfloat16) if low else x, packing, packing.masks(),
+                                   HEADS, 0.3)  # fmt: skip
+        outs.append(out)
+        if grad:
+            out.float().pow(2).sum().backward()
+            grads.append(x.grad)
+    assert outs[0].dtype == torch.bfloat16 and torch.equal(outs[0].detach(), outs[1])
+    torch.testing.assert_close(outs[0].detach().float(), outs[2].detach(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grads[0], grads[1], rtol=5e-2, atol=5e-2)
+
+
+def test_linear_pads_rows_under_cpu_autocast_without_changing_a_bit_of_the_real_ones():
+    """Padded to a row count of few values (oneDNN then reuses its bf16 kernels); the real rows'
+    outputs and every gradient are those of the unpadded matmul."""
+    assert [padded_rows(n) for n in (1, 17, 1000, 23001, 23040)] == [16, 32, 1008, 23040, 23040]
+    layer = torch.nn.Linear(H, 5)
+    X = torch.randn(23, H, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    results = []
+    for run in (lambda: linear(X, layer.weight, layer.bias), lambda: layer(X)):
+        layer.zero_grad()
+        X.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = run()
+        out.float().sum().backward()
+        results.append([out, X.grad, layer.weight.grad, layer.bias.grad])
+    assert results[0][0].shape == (23, 5)
+    for ours, plain in zip(*results, strict=True):
+        torch.testing.assert_close(ours, plain, rtol=0, atol=0)

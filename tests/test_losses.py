@@ -88,3 +88,35 @@ def test_exact_sum_gives_the_same_bits_at_1_and_2_threads():
     assert not torch.equal(x.sum(), plain_one)  # the control: PyTorch's sum splits by thread
     assert torch.equal(losses.exact_sum(x), one)
     assert losses.exact_sum(x).item() == pytest.approx(x.double().sum().item(), rel=1e-5)
+
+
+def test_linear_cross_entropy_in_bf16_keeps_the_gradient_of_confident_slots():
+    """Under autocast: the loss and the gradients are those of float64 from the same
+    bf16-rounded inputs, to bf16's precision, a slot whose softmax − 1 cancels included (slot
+    0's label is predicted with probability 0.999)."""
+    g = torch.Generator().manual_seed(2)
+    layer = torch.nn.Linear(8, 40)
+    x = torch.randn(12, 8, generator=g)
+    labels = torch.randint(0, 40, (12,), generator=g)
+    with torch.no_grad():  # slot 0: its label's logit 7 above the rest
+        logits = layer(x[:1])[0]
+        layer.bias[labels[0]] += 7.0 + logits.max() - logits[labels[0]]
+    weights = torch.ones(12)
+    results = []
+    for low in (True, False):
+        layer.zero_grad()
+        if low:
+            xg = x.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss, _ = losses.linear_cross_entropy(xg, layer, labels, weights)
+            assert loss.dtype == torch.float32
+        else:
+            xg = x.bfloat16().double().requires_grad_()
+            w, b = (t.detach().bfloat16().double().requires_grad_() for t in layer.parameters())
+            loss = F.cross_entropy(xg @ w.t() + b, labels)  # all weights 1: the plain mean
+        loss.backward()
+        grads = (xg.grad, layer.weight.grad if low else w.grad, layer.bias.grad if low else b.grad)
+        results.append([loss.detach(), *grads])
+    for ours, exact in zip(*results, strict=True):
+        scale = exact.abs().max().item()
+        torch.testing.assert_close(ours.double(), exact, rtol=0.02, atol=0.02 * scale)

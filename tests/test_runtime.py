@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +83,49 @@ def test_matmuls_give_the_same_bits_at_any_thread_count_once_bertpipe_is_importe
     plain = matmuls_that_differ_by_thread_count({**env, "MKL_CBWR": "AUTO"}, "")
     if plain == 0:
         pytest.skip("this CPU's MKL sums in the same order at 1, 2 and 4 threads anyway")
+
+
+def test_bf16_is_refused_on_a_cpu_without_native_bf16_matmuls_unless_allowed(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(runtime.ANY_CPU_BF16, raising=False)
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)  # such a CPU
+    with pytest.raises(UserError, match=r"AVX512_BF16 or AMX .* 50-100x slower") as refused:
+        runtime.Runtime(cpu, False, 0, precision="bf16")
+    assert "\n" not in str(refused.value) and runtime.ANY_CPU_BF16 in str(refused.value)
+    runtime.check_precision("fp32", cpu)  # fp32 runs anywhere; bf16 on a GPU is not the CPU's
+    runtime.check_precision("bf16", torch.device("cuda"))
+    with pytest.raises(UserError, match="precision 'fp16': expected one of fp32, bf16"):
+        runtime.check_precision("fp16", cpu)
+    monkeypatch.setenv(runtime.ANY_CPU_BF16, "1")  # what the tests of bf16 training set
+    assert runtime.Runtime(cpu, False, 0, precision="bf16").precision == "bf16"
+
+
+def test_native_bf16_is_what_the_cpu_flags_say():
+    """torch's probe against the kernel's list of the CPU's instruction sets (x86 Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = next((ln.split(":", 1)[1].split() for ln in (cpuinfo.read_text().splitlines()
+                  if cpuinfo.exists() else []) if ln.startswith("flags")), None)  # fmt: skip
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags here")
+    assert runtime.native_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_autocast_runs_matmuls_in_the_precision_and_nothing_else(precision, monkeypatch):
+    monkeypatch.setenv(runtime.ANY_CPU_BF16, "1")
+    rt = runtime.Runtime(torch.device("cpu"), False, 0, precision=precision)
+    layer = torch.nn.Linear(4, 3)
+    with runtime.autocast(rt):
+        out = layer(torch.randn(2, 4))
+    assert out.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    assert layer.weight.dtype == torch.float32  # the master weights stay fp32
+
+
+def test_bf16_keeps_auto_threads_at_a_fixed_count(monkeypatch):
+    """bf16 matmuls' bits depend on the thread count, so auto must not switch it."""
+    monkeypatch.setenv(runtime.ANY_CPU_BF16, "1")
+    torch.set_num_threads(2)  # the one_thread fixture restores its own count
+    with runtime.runtime("cpu", 0, "off", False, "auto", "bf16") as rt:
+        assert not rt.threads.auto and rt.threads.most == 2
+    with runtime.runtime("cpu", 0, "off", False, "auto", "fp32") as rt:
+        assert rt.threads.auto == (Path("/proc/stat").exists())

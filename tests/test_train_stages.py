@@ -127,6 +127,38 @@ def test_finetuning_gives_the_same_bytes_twice_and_at_1_and_2_threads(work, stag
     assert runs[0] == runs[1] == runs[2]
 
 
+def test_bf16_training_gives_the_same_bytes_twice_and_evaluate_follows_its_checkpoint(
+    work, stage, fake, monkeypatch, caplog
+):
+    """precision bf16 (allowed on any CPU here, as CI's may lack bf16 units): two runs of each
+    training stage at 2 threads give the same bytes, not fp32's; the metrics and checkpoints
+    record bf16, and evaluate runs the classifier in it."""
+    monkeypatch.setenv(runtime.ANY_CPU_BF16, "1")
+    runs = {}
+    for name, precision in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16 again", "bf16")):
+        params = training_params(pretrain_steps=4, finetune_epochs=1, precision=precision)
+        (work / "params.yaml").write_text(
+            yaml.safe_dump({**params, "evaluate": PARAMS["evaluate"]})
+        )
+        stage("pretrain").main([*pretrain_args(work), "--threads", "2"])
+        pretrained = work / "data/pretrain/model.safetensors"
+        stage("finetune").main([*finetune_args(work, pretrained), "--threads", "2"])
+        runs[name] = (outcome(work, "pretrain"), outcome(work, "finetune"))
+    assert runs["bf16"] == runs["bf16 again"] and runs["bf16"][0][0] != runs["fp32"][0][0]
+    assert runs["bf16"][0][1]["precision"] == runs["bf16"][1][1]["precision"] == "bf16"
+    assert runs["fp32"][1][1]["precision"] == "fp32"
+    model_path = work / "data/finetune/model.safetensors"
+    assert checkpoints.load_classifier(model_path)[1]["precision"] == "bf16"
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        stage("evaluate").main([
+            "--model", str(model_path), "--snli", str(work / "data/make_snli"),
+            "--metrics", str(work / "metrics/evaluate.json"),
+            "--predictions", str(work / "data/evaluate/predictions.csv"), "--device", "cpu",
+        ])  # fmt: skip
+    assert any("running on cpu in bf16" in r.getMessage() for r in caplog.records)
+
+
 def test_auto_threads_beside_a_busy_process_change_no_bit(work, stage, fake, busy_core,
                                                            monkeypatch):  # fmt: skip
     """auto drops to 1 thread while another process keeps a core busy: the same outputs as a

@@ -9,11 +9,4 @@ import os
 # before any stage computes; a value the user set is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-# bf16 matmuls go through oneDNN, which keeps every kernel it builds, one per shape, in two caches
-# (ideep's and its own) of 1,024 entries each; packed batches have new shapes at every step, so
-# a bf16 pretraining run grew by about 6 MB a step (to 2.6 GB after 300 steps of 128). 64 entries
-# each kept it flat, no slower. Both are read at their first use, after this.
-os.environ.setdefault("LRU_CACHE_CAPACITY", "64")
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
-
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""The CPU kernels under `model`: attention (padded and packed), dropout, softmax, LayerNorm.
+"""The CPU kernels under `model`: attention (padded and packed), dropout, softmax, LayerNorm,
+linear layers.
 
 `model` reads like d2l's chapter; what makes it fast and thread-independent on CPU is here.
 
@@ -39,6 +40,40 @@ from torch import Tensor, nn
 def widened(X: Tensor) -> Tensor:
     """X in float32 if it is in a narrower float type (bf16, fp16), else X itself."""
     return X if X.dtype in (torch.float32, torch.float64) else X.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear layers whose bf16 matmuls reuse their kernels
+
+
+def padded_rows(n: int) -> int:
+    """n rounded up to one of 32 steps per power of two (at most 1/32 more rows)."""
+    step = max(16, 2 ** (n.bit_length() - 6))
+    return -(-n // step) * step
+
+
+def linear(X: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear; under CPU autocast with X's rows zero-padded to `padded_rows` for the matmul.
+
+    oneDNN, which runs CPU bf16 matmuls, builds a kernel for every new shape (about 7 ms each
+    on this project's Intel machine), and packed batches have a new number of rows at every
+    step: a few dozen new kernels a step, a third of a bf16 pretraining step at d2l's shapes.
+    Padded, the row counts repeat and the kernels come from oneDNN's cache. The pad rows are
+    zeros: they change no output row and add nothing to the weight's gradient.
+    """
+    if X.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return F.linear(X, weight, bias)
+    rows = X.reshape(-1, X.shape[-1])  # (n, in)
+    n = rows.shape[0]
+    out = F.linear(F.pad(rows, (0, 0, 0, padded_rows(n) - n)), weight, bias)[:n]
+    return out.view(*X.shape[:-1], out.shape[-1])
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same state dict) through `linear`."""
+
+    def forward(self, X: Tensor) -> Tensor:
+        return linear(X, self.weight, self.bias)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertpipe.kernels import padded_rows
+
 LOGIT_BLOCK = 512  # MLM logits per block of vocabulary columns on CPU (_LinearCrossEntropy)
 
 
@@ -145,4 +147,12 @@ def linear_cross_entropy(
     makes them `mlm_loss` and `mlm_accuracy`. Give the whole batch's Σ w when ranks share it.
     """
     total = exact_sum(weights.float()) if total is None else total.float()
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # slots of weight 0 up to a row count whose bf16 kernels oneDNN has (`kernels.linear`)
+        pad = padded_rows(len(labels)) - len(labels)
+        x, labels, weights = (
+            F.pad(x, (0, 0, 0, pad)),
+            F.pad(labels, (0, pad)),
+            F.pad(weights, (0, pad)),
+        )
     return _LinearCrossEntropy.apply(x, layer.weight, layer.bias, labels, weights, total + 1e-8)

@@ -27,7 +27,16 @@ from torch import Tensor, nn
 
 from bertpipe.config import ModelConfig
 from bertpipe.errors import UserError
-from bertpipe.kernels import Dropout, LayerNorm, Packing, attention, key_mask, packed_attention
+from bertpipe.kernels import (
+    Dropout,
+    LayerNorm,
+    Linear,
+    Packing,
+    attention,
+    key_mask,
+    linear,
+    packed_attention,
+)
 
 
 class MultiHeadAttention(nn.Module):
@@ -39,10 +48,10 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"{num_hiddens} hidden units do not split into {num_heads} heads")
         self.num_heads = num_heads
         self.dropout = dropout
-        self.W_q = nn.Linear(num_hiddens, num_hiddens)
-        self.W_k = nn.Linear(num_hiddens, num_hiddens)
-        self.W_v = nn.Linear(num_hiddens, num_hiddens)
-        self.W_o = nn.Linear(num_hiddens, num_hiddens)
+        self.W_q = Linear(num_hiddens, num_hiddens)
+        self.W_k = Linear(num_hiddens, num_hiddens)
+        self.W_v = Linear(num_hiddens, num_hiddens)
+        self.W_o = Linear(num_hiddens, num_hiddens)
 
     def forward(self, X: Tensor, attn_mask: Tensor, no_keys: Tensor) -> Tensor:
         B, T, H = X.shape
@@ -62,7 +71,7 @@ class MultiHeadAttention(nn.Module):
         """
         weight = torch.cat([self.W_q.weight, self.W_k.weight, self.W_v.weight])  # (3H, H)
         bias = torch.cat([self.W_q.bias, self.W_k.bias, self.W_v.bias])
-        qkv = F.linear(X, weight, bias)  # (N, 3H)
+        qkv = linear(X, weight, bias)  # (N, 3H)
         return self.W_o(packed_attention(qkv, packing, masks, self.num_heads, self._dropout_p()))
 
     def _dropout_p(self) -> float:
@@ -85,8 +94,8 @@ class AddNorm(nn.Module):
 class PositionWiseFFN(nn.Module):
     def __init__(self, num_hiddens: int, ffn_num_hiddens: int):
         super().__init__()
-        self.dense1 = nn.Linear(num_hiddens, ffn_num_hiddens)
-        self.dense2 = nn.Linear(ffn_num_hiddens, num_hiddens)
+        self.dense1 = Linear(num_hiddens, ffn_num_hiddens)
+        self.dense2 = Linear(ffn_num_hiddens, num_hiddens)
 
     def forward(self, X: Tensor) -> Tensor:
         return self.dense2(F.relu(self.dense1(X)))
@@ -153,7 +162,7 @@ class MaskLM(nn.Module):
     def __init__(self, vocab_size: int, num_hiddens: int):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(num_hiddens, num_hiddens),
+            Linear(num_hiddens, num_hiddens),
             nn.ReLU(),
             LayerNorm(num_hiddens),
             nn.Linear(num_hiddens, vocab_size),
