@@ -1,6 +1,7 @@
 """Which thread counts give the same trained bits: pretraining and fine-tuning at d2l's shapes.
 
     python benchmarks/thread_bits.py --shared ../shared/data [--threads 1 2 4 8] [--steps 5]
+        [--precision fp32|bf16]
 
 Runs `ours.py pretrain` and `ours.py finetune` (d2l's model, batch 512, dropout on, with the
 README's controls: warm-up, linear decay, weight decay and clipping) once per thread count, each
@@ -20,10 +21,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def digest(command: str, threads: int, steps: int, shared: Path) -> str:
+def digest(command: str, threads: int, steps: int, shared: Path, precision: str) -> str:
     wiki = shared / "wikitext-2/wiki.test.tokens"
     args = [sys.executable, str(HERE / "ours.py"), command, "--threads", str(threads),
-            "--steps", str(steps), "--controls", "--wiki", str(wiki)]  # fmt: skip
+            "--steps", str(steps), "--controls", "--wiki", str(wiki),
+            "--precision", precision]  # fmt: skip
     if command == "finetune":
         args += ["--snli-file", str(shared / "snli_1.0/snli_1.0_dev.txt")]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
@@ -37,9 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args(argv)
     for command in ("pretrain", "finetune"):
-        digests = {n: digest(command, n, args.steps, args.shared) for n in args.threads}
+        digests = {n: digest(command, n, args.steps, args.shared, args.precision)
+                   for n in args.threads}  # fmt: skip
         groups: dict[str, list[int]] = {}
         for n, d in digests.items():
             groups.setdefault(d, []).append(n)
