@@ -36,7 +36,7 @@ PARAMS = {
     # dropout on (the tiny BERT's config: 0.1); 15 steps per epoch
     "finetune": {"pretrained": "hf_bert/tiny", "batch_size": 16, "lr": 1.0e-3, "num_epochs": 3,
                  "seed": 0, "warmup_fraction": 0.1, "lr_schedule": "linear",
-                 "weight_decay": 0.01, "grad_clip": 1.0},
+                 "weight_decay": 0.01, "grad_clip": 1.0, "precision": "fp32"},
 }  # fmt: skip
 STEPS_PER_EPOCH = SIZES["train"] // 16
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
@@ -208,7 +208,8 @@ for name in ("finetune", "evaluate"):
     runpy.run_path({str(ROOT / "stages")!r} + f"/{{name}}.py", run_name="not_main")
 bert, meta = routes.load_pretrained({str(ckpt.parent)!r})
 model = routes.new_classifier(bert, meta, 3)
-checkpoints.save({str(classifier)!r}, model, checkpoints.classifier_meta(meta, {fake.LABELS!r}, 12, "fp32"))
+header = checkpoints.classifier_meta(meta, {fake.LABELS!r}, 12, "fp32")
+checkpoints.save({str(classifier)!r}, model, header)
 __main__.main(["predict", "--model", {str(classifier)!r}, "--vocab", {str(vocab)!r}, "w5 w6", "w7"])
 __main__.main(["encode", "--model", {str(ckpt.parent)!r}, "w5 w6"])
 __main__.main(["fill-mask", "--model", {str(ckpt.parent)!r}, "w5 <mask>"])

@@ -141,14 +141,13 @@ def test_bf16_training_gives_the_same_bytes_twice_and_evaluate_follows_its_check
             yaml.safe_dump({**params, "evaluate": PARAMS["evaluate"]})
         )
         stage("pretrain").main([*pretrain_args(work), "--threads", "2"])
-        pretrained = work / "data/pretrain/model.safetensors"
-        stage("finetune").main([*finetune_args(work, pretrained), "--threads", "2"])
+        stage("finetune").main([*finetune_args(work, work / "data/pretrain"), "--threads", "2"])
         runs[name] = (outcome(work, "pretrain"), outcome(work, "finetune"))
     assert runs["bf16"] == runs["bf16 again"] and runs["bf16"][0][0] != runs["fp32"][0][0]
     assert runs["bf16"][0][1]["precision"] == runs["bf16"][1][1]["precision"] == "bf16"
     assert runs["fp32"][1][1]["precision"] == "fp32"
     model_path = work / "data/finetune/model.safetensors"
-    assert checkpoints.load_classifier(model_path)[1]["precision"] == "bf16"
+    assert routes.load_classifier(model_path)[1]["precision"] == "bf16"
     caplog.clear()
     with caplog.at_level("INFO"):
         stage("evaluate").main([
