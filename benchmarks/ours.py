@@ -7,6 +7,7 @@ measurement, so `peak_rss_mb` is this side's alone.
   ours.py vocab    --wiki FILE --out vocab.json          (untimed set-up for `snli`)
   ours.py examples --wiki FILE                           tokenize_wikitext + make_examples
   ours.py snli     --snli-file FILE --vocab vocab.json   make_snli's work on one split
+      (or --tokenizer FOLDER: the hf_bert route's, SNLI's raw text in a BERT tokenizer's ids)
   ours.py pretrain --wiki FILE [--steps 5]               pretrain's step (pretrain.pretrain)
   ours.py finetune --snli-file FILE --wiki FILE [--steps 5]   finetune's step
       [--model hf-d2l|hf-tiny|hf-base]   the hf_bert route's classifier (transformers' BertModel,
@@ -95,7 +96,7 @@ def snli_arrays(path: Path, vocab: Vocab, workers: int) -> dict[str, np.ndarray]
     return {**encoded.arrays(), "labels": pairs.labels}
 
 
-def hf_snli_arrays(path: Path, folder: Path) -> tuple[dict[str, np.ndarray], int]:
+def hf_snli_arrays(path: Path, folder: Path, workers: int = 1) -> tuple[dict[str, np.ndarray], int]:
     """make_snli's arrays on the hf_bert route (raw text, the tokenizer in `folder`) and the
     tokenizer's size."""
     from bertpipe import hf_bert
@@ -103,7 +104,7 @@ def hf_snli_arrays(path: Path, folder: Path) -> tuple[dict[str, np.ndarray], int
     tokenizer = hf_bert.load_tokenizer(folder)
     encoder = snli.TokenizerPairEncoder.of(tokenizer, SNLI_MAX_LEN)
     pairs = snli.read_snli(path, raw=True)
-    encoded = snli.encode_pairs(encoder, pairs.premises, pairs.hypotheses, 1)
+    encoded = snli.encode_pairs(encoder, pairs.premises, pairs.hypotheses, workers)
     return {**encoded.arrays(), "labels": pairs.labels}, len(tokenizer)
 
 
@@ -155,12 +156,17 @@ def cmd_examples(args: argparse.Namespace) -> dict:
 
 
 def cmd_snli(args: argparse.Namespace) -> dict:
-    vocab = Vocab.load(args.vocab)  # as the stage does: the vocabulary is an input
+    """make_snli's work: d2l's cleaning in our vocabulary, or (--tokenizer) the hf_bert route's
+    raw text in a BERT tokenizer's ids; loading the vocabulary or tokenizer is timed too."""
     start = time.perf_counter()
-    arrays = snli_arrays(args.snli_file, vocab, args.workers)
+    if args.tokenizer is not None:
+        arrays, _ = hf_snli_arrays(args.snli_file, args.tokenizer, args.workers)
+    else:
+        vocab = Vocab.load(args.vocab)  # as the stage does: the vocabulary is an input
+        arrays = snli_arrays(args.snli_file, vocab, args.workers)
     seconds = time.perf_counter() - start
     return {
-        "what": "ours snli arrays",
+        "what": "hf_bert snli arrays" if args.tokenizer else "ours snli arrays",
         "seconds": round(seconds, 3),
         "pairs": len(arrays["labels"]),
         "workers": args.workers,
@@ -335,7 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=WORKERS)
     p = sub.add_parser("snli")
     p.add_argument("--snli-file", type=Path, required=True)
-    p.add_argument("--vocab", type=Path, required=True)
+    snli_source = p.add_mutually_exclusive_group(required=True)
+    snli_source.add_argument("--vocab", type=Path, help="our vocab.json (d2l's cleaning)")
+    snli_source.add_argument("--tokenizer", type=Path, help="a BERT tokenizer's folder (raw text)")
     p.add_argument("--workers", type=int, default=WORKERS)
     for name in ("pretrain", "finetune"):
         p = sub.add_parser(name)
